@@ -1,0 +1,330 @@
+"""Operators and glue for drift-triggered retraining.
+
+``yolonas_drift`` materializes the newest revision, :class:`DetectDriftOperator` compares it with the snapshot
+the champion model was trained on and writes the report, and :class:`EmitDriftEventOperator` emits an event
+on the drift Asset, on which ``yolonas_training`` is scheduled. The event's extra carries the scores and a
+``conf``: the training form values the retraining run uses (the drifted dataset first of all).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, BaseOperator, Context, CronTriggerTimetable
+
+from yolonas_pipeline import settings
+from yolonas_pipeline.drift import (
+    ChampionReference,
+    DriftConfig,
+    compare_profiles,
+    profile_dataset,
+    read_champion,
+    write_report,
+)
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.materialize import read_manifest
+from yolonas_pipeline.operators._aws import storage_for
+from yolonas_pipeline.promote import champion_uri
+from yolonas_pipeline.publish import safe_segment
+from yolonas_pipeline.storage import join_uri
+
+#: Emitted by upstream data pipelines (REST, UI "Create Asset Event") when a new dataset revision lands.
+DATASET_SOURCE_ASSET_NAME = "yolonas_dataset_source"
+#: Emitted by yolonas_drift when the data drifted; yolonas_training is scheduled on it.
+DRIFT_ASSET_NAME = "yolonas_drift"
+NO_CHAMPION_POLICIES = ("retrain", "skip")
+
+
+def drift_root(config: settings.Settings) -> str:
+    """Drift reports (``<run>/``), cached profiles (``profiles/``) and retraining markers (``triggered/``)."""
+    return f"s3://{config.bucket}/drift"
+
+
+def dataset_source_asset() -> Asset:
+    return Asset(name=DATASET_SOURCE_ASSET_NAME)
+
+
+def drift_asset(config: settings.Settings) -> Asset:
+    return Asset(name=DRIFT_ASSET_NAME, uri=f"{drift_root(config)}/")
+
+
+def schedule_from_env(variable: str, default: str, assets: Asset) -> Any:
+    """``assets`` OR the cron in ``$variable`` (``default`` when unset; empty or ``none``: assets only).
+
+    Read at parse time, so changing the schedule is a change of environment, never of code. A bad cron
+    fails the parse with croniter's message, which the UI shows as the DAG's import error.
+    """
+    cron = os.environ.get(variable, default).strip()
+    if not cron or cron.lower() in ("none", "off"):
+        return assets
+    timetable = CronTriggerTimetable(cron, timezone=os.environ.get("YOLONAS_SCHEDULE_TIMEZONE", "UTC"))
+    try:
+        timetable.validate()
+    except Exception as exc:
+        raise ValueError(f"{variable}={cron!r} is not a cron expression or preset: {exc}") from exc
+    return AssetOrTimeSchedule(timetable=timetable, assets=assets)
+
+
+def json_from_env(variable: str) -> dict[str, Any]:
+    """A JSON object from the environment ({} when unset); the error names the variable."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{variable} is not valid JSON ({exc}): {text!r}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{variable} must be a JSON object, got {text!r}")
+    return value
+
+
+def event_conf(triggering_asset_events: Mapping[Any, Sequence[Any]] | None, asset_name: str) -> dict[str, Any]:
+    """``extra["conf"]`` of the newest event of ``asset_name`` that triggered this run ({} if none)."""
+    if not triggering_asset_events:
+        return {}
+    events = [e for asset, found in triggering_asset_events.items() if asset.name == asset_name for e in found]
+    if not events:
+        return {}
+    latest = max(events, key=lambda e: e.timestamp)
+    conf = (latest.extra or {}).get("conf") or {}
+    if not isinstance(conf, Mapping):
+        raise StageInputError(f"the {asset_name} event's extra.conf must be an object, got {conf!r}")
+    return dict(conf)
+
+
+def validated_conf(form: Any, conf: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """Check ``conf`` against the DAG's Params (``dag.params``) as the trigger form would, value by value."""
+    accepted = sorted(form.keys())
+    unknown = sorted(set(conf) - set(accepted))
+    if unknown:
+        raise StageInputError(f"{origin} sets unknown field(s) {unknown}; accepted: {', '.join(accepted)}")
+    for key, value in conf.items():
+        param = copy.deepcopy(form.get_param(key))  # resolve() stores the value; never touch the DAG's own
+        try:
+            param.resolve(value)
+        except Exception as exc:
+            raise StageInputError(f"{origin} sets {key}={value!r}, which the form refuses: {exc}") from None
+    return dict(conf)
+
+
+def run_settings(
+    params: Mapping[str, Any], triggering_asset_events: Any, *, form: Any, asset_name: str
+) -> dict[str, Any]:
+    """The values a run uses: the form's (``params``), overridden by the triggering event's validated conf."""
+    conf = event_conf(triggering_asset_events, asset_name)
+    return {**params, **validated_conf(form, conf, f"the {asset_name} event")}
+
+
+class DetectDriftOperator(BaseOperator):
+    """Compare the current export with the champion's training snapshot and write the drift report.
+
+    The reference is the dataset recorded in the manifest of the bundle that ``<models_uri>/<model>/
+    champion.json`` points at (``reference_uri`` overrides it). Writes ``drift_report.json`` and
+    ``drift_report.png`` to ``<reports_uri>/<run id>/`` and returns a summary whose ``retrain`` says whether
+    to emit the drift event: drift, and this reference/current pair has not started a retraining before
+    (``retrigger`` overrides that), so a champion that the new data could not beat is not retrained daily.
+
+    :param current: the materialize stage's result. (templated)
+    :param model_name: whose champion is the reference. (templated)
+    :param models_uri: root of published bundles. (templated)
+    :param reference_uri: a dataset export to compare with instead of the champion's. (templated)
+    :param config: :class:`~yolonas_pipeline.drift.DriftConfig` settings (metric, thresholds, ...). (templated)
+    :param reports_uri: root of reports, profiles and markers. (templated)
+    :param when_no_champion: ``retrain`` (treat as drift, so a first model gets trained) or ``skip``. (templated)
+    :param retrigger: emit even if this same drift already started a retraining. (templated)
+    :param aws_conn_id: Airflow connection for S3.
+    """
+
+    template_fields: Sequence[str] = (
+        "current",
+        "model_name",
+        "models_uri",
+        "reference_uri",
+        "config",
+        "reports_uri",
+        "when_no_champion",
+        "retrigger",
+    )
+
+    def __init__(
+        self,
+        *,
+        current: Mapping[str, Any],
+        model_name: str = "yolo_nas_s",
+        models_uri: str | None = None,
+        reference_uri: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        reports_uri: str | None = None,
+        when_no_champion: str = "retrain",
+        retrigger: bool = False,
+        aws_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        defaults = settings.load()
+        self.current = current
+        self.model_name = model_name
+        self.models_uri = models_uri or defaults.models_uri
+        self.reference_uri = reference_uri
+        self.config = config
+        self.reports_uri = reports_uri or drift_root(defaults)
+        self.when_no_champion = when_no_champion
+        self.retrigger = retrigger
+        self.aws_conn_id = aws_conn_id or defaults.aws_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if self.when_no_champion not in NO_CHAMPION_POLICIES:
+            raise StageInputError(
+                f"when_no_champion={self.when_no_champion!r} is not one of {', '.join(NO_CHAMPION_POLICIES)}"
+            )
+        config = DriftConfig.from_mapping(self.config)
+        storage = storage_for(self.aws_conn_id)
+        pointer = champion_uri(self.models_uri, self.model_name)
+        if self.reference_uri:
+            manifest = read_manifest(self.reference_uri, storage=storage)
+            champion: ChampionReference | None = ChampionReference(
+                champion_uri="", bundle_uri="", run_id=None, dataset_uri=self.reference_uri,
+                fingerprint=manifest.get("fingerprint"),
+            )  # fmt: skip
+            no_reference = ""
+        else:
+            champion = read_champion(pointer, storage=storage)
+            no_reference = f"no champion yet: {pointer} does not exist"
+            if champion:
+                self.log.info("champion %s trained on %s", champion.bundle_uri, champion.dataset_uri)
+            else:
+                self.log.warning("%s", no_reference)
+
+        profiles = join_uri(self.reports_uri, "profiles")
+        current = profile_dataset(
+            self.current["dataset_uri"], storage=storage, config=config, cache_root=profiles, log=self.log.info
+        )
+        reference = (
+            profile_dataset(
+                champion.dataset_uri, storage=storage, config=config, cache_root=profiles, log=self.log.info
+            )
+            if champion
+            else None
+        )
+        report = compare_profiles(
+            reference,
+            current,
+            config,
+            no_reference_is_drift=self.when_no_champion == "retrain",
+            no_reference_reason=no_reference,
+            champion=champion.to_dict() if champion else None,
+        )
+
+        marker = join_uri(
+            self.reports_uri,
+            "triggered",
+            f"{reference.fingerprint if reference else 'none'}--{current.fingerprint}.json",
+        )
+        retrain, action = report.drifted, "emit the drift event: yolonas_training retrains"
+        if not report.drifted:
+            action = "nothing to do: no drift"
+        elif storage.exists(marker) and not _truthy(self.retrigger):
+            previous = json.loads(storage.read_text(marker))
+            retrain = False
+            action = (
+                f"not retraining again: this drift (reference {reference.fingerprint if reference else 'none'}, "
+                f"current {current.fingerprint}) already started a retraining from run {previous.get('run_id')} at "
+                f"{previous.get('emitted_at')}; trigger with retrigger=true to retrain anyway"
+            )
+        destination = join_uri(self.reports_uri, safe_segment(context["run_id"]))
+        report_uri, png_uri = write_report(
+            report, destination, storage=storage, extra={"retrain": retrain, "action": action, "marker_uri": marker}
+        )
+        self.log.info("drift: %s; %s", report.reason, action)
+        self.log.info("drift report: %s (plot %s)", report_uri, png_uri)
+        return {
+            "drifted": report.drifted,
+            "retrain": retrain,
+            "reason": report.reason,
+            "action": action,
+            "metric": report.metric,
+            "scores": report.scores,
+            "drifted_features": report.drifted_features,
+            "report_uri": report_uri,
+            "png_uri": png_uri,
+            "marker_uri": marker,
+            "current": report.current,
+            "reference": report.reference,
+            "champion": report.champion,
+        }
+
+
+class EmitDriftEventOperator(BaseOperator):
+    """Emit the drift event on every outlet Asset, with scores and the retraining run's form values.
+
+    The event's ``extra["conf"]`` is ``retrain_conf`` plus the drifted dataset (source, and the revision
+    the export resolved to, so the retraining run trains on exactly what drifted). Records the
+    reference/current pair under the detect task's ``marker_uri`` first.
+
+    :param drift: the detect task's result. (templated)
+    :param dataset_conf: the training form's dataset fields (dataset_source, dataset_revision, schema). (templated)
+    :param retrain_conf: further training form values for the retraining run, e.g. epochs. (templated)
+    :param aws_conn_id: Airflow connection for S3.
+    """
+
+    template_fields: Sequence[str] = ("drift", "dataset_conf", "retrain_conf")
+
+    def __init__(
+        self,
+        *,
+        drift: Mapping[str, Any],
+        dataset_conf: Mapping[str, Any] | None = None,
+        retrain_conf: Mapping[str, Any] | None = None,
+        aws_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.drift = drift
+        self.dataset_conf = dataset_conf
+        self.retrain_conf = retrain_conf
+        self.aws_conn_id = aws_conn_id or settings.load().aws_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if not isinstance(self.retrain_conf or {}, Mapping):
+            raise StageInputError(f"retrain_conf must be an object of training form values, got {self.retrain_conf!r}")
+        retrain_conf = dict(self.retrain_conf or {})
+        dataset_conf = {k: v for k, v in dict(self.dataset_conf or {}).items() if v not in (None, "")}
+        revision = ((self.drift.get("current") or {}).get("source") or {}).get("revision")
+        if revision:
+            dataset_conf["dataset_revision"] = revision
+        conf = {**retrain_conf, **dataset_conf}
+        emitted_at = datetime.now(UTC).isoformat(timespec="seconds")
+        storage_for(self.aws_conn_id).write_text(
+            self.drift["marker_uri"],
+            json.dumps({"run_id": context["run_id"], "emitted_at": emitted_at, "report_uri": self.drift["report_uri"]}),
+        )
+        extra = {
+            "scores": self.drift["scores"],
+            "drifted_features": self.drift["drifted_features"],
+            "metric": self.drift["metric"],
+            "reason": self.drift["reason"],
+            "report_uri": self.drift["report_uri"],
+            "png_uri": self.drift["png_uri"],
+            "dataset_uri": self.drift["current"]["dataset_uri"],
+            "fingerprint": self.drift["current"]["fingerprint"],
+            "reference_fingerprint": (self.drift.get("reference") or {}).get("fingerprint"),
+            "drift_run_id": context["run_id"],
+            "conf": conf,
+        }
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = extra
+        self.log.info("drift event emitted on %s: %s", [o.name for o in self.outlets], self.drift["reason"])
+        self.log.info("the retraining run uses: %s", json.dumps(conf, sort_keys=True))
+        return extra
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -1,0 +1,357 @@
+"""The promotion gate: does a newly published model replace the current champion?
+
+The champion is named by one small object, ``<models_uri>/<model>/champion.json``, that points at a
+published bundle. A candidate becomes the champion only if, **on the same evaluation split**,
+
+- its mAP@0.50:0.95 beats the champion's by at least ``margin`` (absolute, e.g. 0.005), and
+- no class's AP@0.50:0.95 drops by more than ``class_ap_tolerance`` (absolute).
+
+"The same split" is checked, not assumed: the champion's numbers come from the evaluate stage, which
+re-scores the champion's checkpoint on the candidate's split (``metrics.json["champion"]``), or from the
+champion's own metrics.json when that was computed on the same dataset fingerprint and split. Otherwise
+the gate refuses and says why.
+
+The pointer changes atomically: one PUT of the whole document, conditional on the version read when the
+decision was made (S3 ``If-Match`` on the ETag, or ``If-None-Match: *`` when there is no champion yet; a
+file lock and a content hash locally). Two runs that both beat the old champion cannot both win: the
+second write fails, and the loser re-decides against the new champion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.storage import Storage, is_s3_uri, join_uri, split_s3_uri
+
+CHAMPION_FILE = "champion.json"
+CHAMPION_FORMAT = "yolonas-pipeline/champion@1"
+METRIC = "map_50_95"
+DEFAULT_MARGIN = 0.0
+DEFAULT_CLASS_AP_TOLERANCE = 0.05
+#: S3 error codes of a conditional write that lost: the object changed (412) or a concurrent write (409).
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+def champion_uri(models_uri: str, model_name: str) -> str:
+    return join_uri(models_uri, model_name, CHAMPION_FILE)
+
+
+@dataclass
+class PromotionDecision:
+    """The gate's verdict with its reasons, as recorded in the run's manifest."""
+
+    promote: bool
+    reasons: list[str]
+    margin: float
+    class_ap_tolerance: float
+    candidate: dict[str, Any]
+    #: The champion compared against (``None`` when there was none), with where its numbers came from.
+    champion: dict[str, Any] | None
+    #: Per class: candidate AP@0.50:0.95 minus the champion's (``None`` when either has no boxes of it).
+    class_ap_deltas: dict[str, float | None] = field(default_factory=dict)
+    #: The champion pointer's version when the decision was made; the pointer write is conditional on it.
+    champion_version: str | None = None
+    decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PromotionDecision:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def summary(self) -> str:
+        verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
+        return f"promotion gate: {verdict}: " + "; ".join(self.reasons)
+
+
+# -- the rule (pure) -----------------------------------------------------------------------------------------
+def decide(
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    *,
+    margin: float = DEFAULT_MARGIN,
+    class_ap_tolerance: float = DEFAULT_CLASS_AP_TOLERANCE,
+) -> tuple[bool, list[str], dict[str, float | None]]:
+    """Compare two metrics documents (``map_50_95`` and ``per_class[name]["ap_50_95"]``) from the same split.
+
+    Returns ``(promote, reasons, per-class AP deltas)``; every rule that fails adds a reason.
+    """
+    if margin < 0 or class_ap_tolerance < 0:
+        raise StageInputError(
+            f"promotion_margin={margin} and class_ap_tolerance={class_ap_tolerance} must not be negative"
+        )
+    if champion is None:
+        return True, ["there is no champion yet"], {}
+    new, old = _number(candidate, METRIC), _number(champion, METRIC)
+    gain = new - old
+    reasons: list[str] = []
+    promote = True
+    if gain >= margin - 1e-12:
+        reasons.append(f"mAP@0.50:0.95 {new:.4f} vs champion {old:.4f}: +{gain:.4f} >= margin {margin:.4f}")
+    else:
+        promote = False
+        reasons.append(f"mAP@0.50:0.95 {new:.4f} vs champion {old:.4f}: {gain:+.4f} is below the margin {margin:.4f}")
+    deltas: dict[str, float | None] = {}
+    new_classes = candidate.get("per_class") or {}
+    old_classes = champion.get("per_class") or {}
+    for name in sorted(set(new_classes) | set(old_classes)):
+        a = (new_classes.get(name) or {}).get("ap_50_95")
+        b = (old_classes.get(name) or {}).get("ap_50_95")
+        if a is None or b is None:
+            deltas[name] = None
+            continue
+        deltas[name] = a - b
+        if a - b < -class_ap_tolerance - 1e-12:
+            promote = False
+            reasons.append(
+                f"class {name!r} AP@0.50:0.95 drops {b:.4f} -> {a:.4f} ({a - b:+.4f}), more than the tolerance "
+                f"{class_ap_tolerance:.4f}"
+            )
+    if promote:
+        reasons.append(f"no class AP@0.50:0.95 drops by more than {class_ap_tolerance:.4f}")
+    return promote, reasons, deltas
+
+
+def _number(metrics: Mapping[str, Any], key: str) -> float:
+    value = metrics.get(key)
+    if not isinstance(value, int | float):
+        raise StageInputError(f"metrics have no numeric {key!r} (got {value!r}); is this a metrics.json?")
+    return float(value)
+
+
+# -- the pointer ---------------------------------------------------------------------------------------------
+def read_champion(uri: str, *, storage: Storage) -> tuple[dict[str, Any] | None, str | None]:
+    """The champion pointer and its version (S3 ETag, or the SHA-256 of a local file); ``(None, None)`` if none."""
+    if not is_s3_uri(uri):
+        path = Path(uri)
+        if not path.is_file():
+            return None, None
+        data = path.read_bytes()
+        return json.loads(data), hashlib.sha256(data).hexdigest()
+    bucket, key = split_s3_uri(uri)
+    try:
+        response = storage._s3_call(uri, lambda: storage.s3.get_object(Bucket=bucket, Key=key))
+    except FileNotFoundError:
+        return None, None
+    return json.loads(response["Body"].read()), str(response["ETag"])
+
+
+def write_champion(uri: str, pointer: Mapping[str, Any], *, expected_version: str | None, storage: Storage) -> bool:
+    """Replace the pointer in one write, only if it is still at ``expected_version`` (``None``: absent).
+
+    Returns False when another writer got there first.
+    """
+    body = json.dumps(pointer, indent=2, sort_keys=True).encode("utf-8")
+    if not is_s3_uri(uri):
+        path = Path(uri)
+        with _locked(path):
+            current = path.read_bytes() if path.is_file() else None
+            version = hashlib.sha256(current).hexdigest() if current is not None else None
+            if version != expected_version:
+                return False
+            storage.write_bytes(uri, body)  # temporary file + rename: readers see old or new, never half
+        return True
+
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3_uri(uri)
+    condition = {"IfMatch": expected_version} if expected_version else {"IfNoneMatch": "*"}
+    try:
+        storage._s3_call(
+            uri,
+            lambda: storage.s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                ChecksumAlgorithm="SHA256",
+                **condition,
+            ),
+        )
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code", "")) in _CONFLICT_CODES:
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def pointer_document(
+    *,
+    model_name: str,
+    run_id: str,
+    bundle_uri: str,
+    manifest_uri: str,
+    metrics: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The champion.json document: where the bundle is and what it scored."""
+    return {
+        "format": CHAMPION_FORMAT,
+        "model_name": model_name,
+        "run_id": run_id,
+        "bundle_uri": bundle_uri,
+        "manifest_uri": manifest_uri,
+        "metrics": {
+            key: metrics.get(key)
+            for key in ("split", "dataset_fingerprint", "images", "map_50", "map_50_95", "precision", "recall", "f1")
+        },
+        "input_size": metrics.get("input_size"),
+        "class_names": metrics.get("class_names"),
+        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "previous": {"run_id": previous.get("run_id"), "bundle_uri": previous.get("bundle_uri")} if previous else None,
+    }
+
+
+# -- the gate ------------------------------------------------------------------------------------------------
+def same_split(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Both metrics documents scored the same images: same dataset export (fingerprint) and split."""
+    return bool(a.get("dataset_fingerprint")) and all(a.get(k) == b.get(k) for k in ("dataset_fingerprint", "split"))
+
+
+def run_gate(
+    candidate_metrics: Mapping[str, Any],
+    *,
+    candidate: Mapping[str, Any],
+    champion_pointer_uri: str,
+    storage: Storage,
+    margin: float = DEFAULT_MARGIN,
+    class_ap_tolerance: float = DEFAULT_CLASS_AP_TOLERANCE,
+) -> PromotionDecision:
+    """Read the current champion and decide. ``candidate``: ``{"run_id", "bundle_uri", ...}`` of the new model."""
+    pointer, version = read_champion(champion_pointer_uri, storage=storage)
+    summary = {"run_id": candidate.get("run_id"), "bundle_uri": candidate.get("bundle_uri")}
+    summary.update({k: candidate_metrics.get(k) for k in ("split", "dataset_fingerprint", "map_50", METRIC)})
+
+    def decision(promote: bool, reasons: list[str], champion: dict[str, Any] | None, deltas: Any = None) -> Any:
+        return PromotionDecision(
+            promote=promote,
+            reasons=reasons,
+            margin=margin,
+            class_ap_tolerance=class_ap_tolerance,
+            candidate=summary,
+            champion=champion,
+            class_ap_deltas=deltas or {},
+            champion_version=version,
+        )
+
+    if pointer is None:
+        promote, reasons, _ = decide(candidate_metrics, None, margin=margin, class_ap_tolerance=class_ap_tolerance)
+        return decision(promote, reasons, None)
+    champion_summary = {"run_id": pointer.get("run_id"), "bundle_uri": pointer.get("bundle_uri")}
+    if pointer.get("bundle_uri") == candidate.get("bundle_uri"):
+        return decision(True, ["this bundle is already the champion"], champion_summary)
+    baseline, source = champion_metrics(candidate_metrics, pointer, storage=storage)
+    if baseline is None:
+        return decision(False, [source], champion_summary)
+    champion_summary.update({"metrics_source": source, **{k: baseline.get(k) for k in ("map_50", METRIC)}})
+    promote, reasons, deltas = decide(candidate_metrics, baseline, margin=margin, class_ap_tolerance=class_ap_tolerance)
+    return decision(promote, reasons, champion_summary, deltas)
+
+
+def champion_metrics(
+    candidate_metrics: Mapping[str, Any], pointer: Mapping[str, Any], *, storage: Storage
+) -> tuple[dict[str, Any] | None, str]:
+    """The champion's numbers on the candidate's split and where they came from, or ``(None, why not)``."""
+    rescored = candidate_metrics.get("champion") or {}
+    if rescored.get("bundle_uri") == pointer.get("bundle_uri"):
+        if rescored.get("map_50_95") is not None:
+            return dict(rescored), "champion re-evaluated on this split by the evaluate stage"
+        if rescored.get("reason"):
+            return None, f"the champion could not be compared: {rescored['reason']}"
+    bundle = str(pointer.get("bundle_uri") or "")
+    try:
+        own = json.loads(storage.read_text(join_uri(bundle, "metrics.json")))
+    except FileNotFoundError:
+        return None, f"the champion's metrics.json is missing from {bundle}; cannot compare"
+    if same_split(own, candidate_metrics):
+        return own, "champion's own metrics.json (same dataset fingerprint and split)"
+    return None, (
+        f"the champion was evaluated on {own.get('dataset_fingerprint')}/{own.get('split')} and the candidate on "
+        f"{candidate_metrics.get('dataset_fingerprint')}/{candidate_metrics.get('split')}: not the same split, and "
+        "the evaluate stage did not re-score the champion (champion_uri unset?); replace champion.json by hand "
+        "to accept this model"
+    )
+
+
+def apply_decision(
+    decision: PromotionDecision,
+    *,
+    champion_pointer_uri: str,
+    pointer: Mapping[str, Any],
+    storage: Storage,
+) -> str:
+    """Carry out a decision. Returns ``"unchanged"`` (not promoted), ``"updated"``, ``"already"`` (the
+    pointer already names this bundle: a retried publish) or ``"conflict"`` (the champion changed since the
+    decision; decide again)."""
+    if not decision.promote:
+        return "unchanged"
+    current, version = read_champion(champion_pointer_uri, storage=storage)
+    if current is not None and current.get("bundle_uri") == pointer["bundle_uri"]:
+        return "already"
+    if version != decision.champion_version:
+        return "conflict"
+    ok = write_champion(champion_pointer_uri, pointer, expected_version=version, storage=storage)
+    return "updated" if ok else "conflict"
+
+
+def gate_and_apply(
+    candidate_metrics: Mapping[str, Any],
+    *,
+    candidate: Mapping[str, Any],
+    make_pointer: Callable[[PromotionDecision], Mapping[str, Any]],
+    champion_pointer_uri: str,
+    storage: Storage,
+    margin: float,
+    class_ap_tolerance: float,
+    record: Callable[[PromotionDecision], None],
+    decision: PromotionDecision | None = None,
+    log: Callable[[str], None] = print,
+    attempts: int = 3,
+) -> tuple[PromotionDecision, str]:
+    """Decide (unless ``decision`` is given), ``record`` the decision (the caller writes the manifest), then
+    move the pointer; when another run changed the champion meanwhile, decide again against it."""
+    for attempt in range(attempts):
+        if decision is None:
+            decision = run_gate(
+                candidate_metrics,
+                candidate=candidate,
+                champion_pointer_uri=champion_pointer_uri,
+                storage=storage,
+                margin=margin,
+                class_ap_tolerance=class_ap_tolerance,
+            )
+            record(decision)
+        log(decision.summary())
+        outcome = apply_decision(
+            decision, champion_pointer_uri=champion_pointer_uri, pointer=make_pointer(decision), storage=storage
+        )
+        if outcome != "conflict":
+            log(f"champion pointer {champion_pointer_uri}: {outcome}")
+            return decision, outcome
+        log(f"champion pointer {champion_pointer_uri} changed since the decision (attempt {attempt + 1}); re-deciding")
+        decision = None
+    raise RuntimeError(f"{champion_pointer_uri} kept changing during {attempts} attempts to promote; retry the task")

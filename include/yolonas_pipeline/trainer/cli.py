@@ -1,0 +1,66 @@
+"""The trainer command line. Runs in the trainer environment only (torch + super-gradients).
+
+The compatibility fixes are applied before super-gradients is first imported; the work directory
+(``YOLONAS_WORK_DIR``, default a fresh temporary directory) holds the local copies of the dataset and
+checkpoints and super-gradients' own logs. S3 credentials come from the standard ``AWS_*`` variables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.trainer import compat
+from yolonas_pipeline.trainer_command import EvaluateRequest, TrainRequest, from_argv
+
+USAGE = "usage: python -m yolonas_pipeline.trainer {train,evaluate} --help"
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # As PID 1 in a pod, Python ignores SIGTERM by default; a deleted pod would then only stop after
+    # the grace period. SystemExit (not KeyboardInterrupt, which super-gradients swallows and then
+    # reports a finished training) unwinds through its cleanup and leaves no result.json behind.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ("train", "evaluate"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    command, rest = args[0], args[1:]
+    prog = f"python -m yolonas_pipeline.trainer {command}"
+    try:
+        request = from_argv(TrainRequest if command == "train" else EvaluateRequest, rest, prog=prog)
+    except StageInputError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+    work_dir = Path(os.environ.get("YOLONAS_WORK_DIR") or tempfile.mkdtemp(prefix=f"yolonas-{command}-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    compat.apply(log_dir=str(work_dir / "sg_logs"))
+    compat.check_environment()
+
+    # Imported only now: super-gradients must see the patched environment on first import.
+    from yolonas_pipeline.storage import Storage
+
+    storage = Storage(connection_hint="the trainer's AWS_* environment variables")
+    try:
+        if command == "train":
+            from yolonas_pipeline.trainer.training import run_train
+
+            run_train(request, work_dir=work_dir, storage=storage)  # type: ignore[arg-type]
+        else:
+            from yolonas_pipeline.trainer.evaluation import run_evaluate
+
+            run_evaluate(request, work_dir=work_dir, storage=storage)  # type: ignore[arg-type]
+    except (StageInputError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

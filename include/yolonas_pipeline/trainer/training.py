@@ -1,0 +1,439 @@
+"""``train``: fine-tune YOLO-NAS with super-gradients' Trainer, syncing the run to its output URI every epoch.
+
+Layout under ``output_uri``::
+
+    run/                 super-gradients' run directory (ckpt_latest.pth, ckpt_best.pth, logs, tfevents)
+    state.json           {"run_id", "epochs_completed", "history"}: the commit point, rewritten after each
+                         epoch's files are uploaded (ckpt_latest.pth last of them)
+    result.json          written last, when training is complete; the Airflow task reads it
+
+A retry of the same request finds ``state.json``, restores ``run/`` into a local run directory of the
+same id and lets super-gradients resume it (net, EMA, optimizer, scaler, epoch); a retry after
+``result.json`` exists does nothing. An epoch's upload runs in the background while the next epoch
+trains, and is always complete before super-gradients writes the next checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from super_gradients.common.data_types.enum import MultiGPUMode
+from super_gradients.common.environment.ddp_utils import get_local_rank, multi_process_safe
+from super_gradients.common.object_names import Models
+from super_gradients.training import Trainer, models
+from super_gradients.training.losses import PPYoloELoss
+from super_gradients.training.metrics import DetectionMetrics_050
+from super_gradients.training.models.detection_models.pp_yolo_e import PPYoloEPostPredictionCallback
+from super_gradients.training.utils.callbacks.base_callbacks import Callback, PhaseContext
+from super_gradients.training.utils.distributed_training_utils import setup_device, wait_for_the_master
+
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.storage import Storage, join_uri
+from yolonas_pipeline.trainer import data, speed
+from yolonas_pipeline.trainer.runtime import log, to_jsonable
+from yolonas_pipeline.trainer_command import RESULT_FILE, TrainRequest
+
+EXPERIMENT = "yolonas"
+STATE_FILE = "state.json"
+RUN_DIR = "run"
+LATEST_CHECKPOINT = "ckpt_latest.pth"
+#: Per-epoch snapshots are large and only useful locally; everything else in the run directory is synced.
+_NOT_SYNCED_PREFIXES = ("ckpt_epoch_",)
+#: A progress line during an epoch at most this often (super-gradients' own progress bar is off: it is
+#: unreadable in a task log).
+PROGRESS_EVERY_S = 60.0
+
+
+def post_prediction_callback() -> PPYoloEPostPredictionCallback:
+    return PPYoloEPostPredictionCallback(score_threshold=0.01, nms_top_k=1000, max_predictions=300, nms_threshold=0.7)
+
+
+def training_params(request: TrainRequest, class_names: list[str], callbacks: list[Callback]) -> dict[str, Any]:
+    """The seed document's training arguments, with the class count set once for loss and metrics."""
+    num_classes = len(class_names)
+    return {
+        "max_epochs": request.epochs,
+        "warmup_initial_lr": 1e-5,
+        "initial_lr": request.learning_rate,
+        "lr_mode": "CosineLRScheduler",
+        "cosine_final_lr_ratio": 0.5,
+        "optimizer": "AdamW",
+        "zero_weight_decay_on_bias_and_bn": True,
+        "lr_warmup_epochs": min(request.warmup_epochs, request.epochs - 1),
+        "warmup_mode": "LinearEpochLRWarmup",
+        "optimizer_params": {"weight_decay": 0.0001},
+        "ema": request.ema,
+        "ema_params": {"beta": 25, "decay_type": "exp"},
+        "average_best_models": True,
+        # AMP in super-gradients is torch.cuda.amp: meaningless (and warned about) on the CPU.
+        "mixed_precision": request.mixed_precision and torch.cuda.is_available(),
+        "loss": PPYoloELoss(use_static_assigner=False, num_classes=num_classes, reg_max=16),
+        "valid_metrics_list": [
+            DetectionMetrics_050(
+                score_thres=0.1,
+                top_k_predictions=300,
+                num_cls=num_classes,
+                normalize_targets=True,
+                include_classwise_ap=True,
+                class_names=class_names,
+                post_prediction_callback=post_prediction_callback(),
+            )
+        ],
+        "metric_to_watch": "mAP@0.50",
+        "phase_callbacks": callbacks,
+        # Training batches arrive as uint8 (see data.train_transforms): standardize them on the device.
+        "pre_prediction_callback": speed.DevicePrep(channels_last=speed.use_channels_last(request.channels_last)),
+        # The progress bar and epoch tables become RunSync's readable lines.
+        "silent_mode": True,
+        "save_ckpt_epoch_list": [],
+        "seed": request.seed,
+    }
+
+
+class RunSync(Callback):
+    """After each epoch's checkpoint is written, upload the run directory and log one readable line.
+
+    super-gradients saves the checkpoint after every callback of the epoch has run, so the upload starts
+    at the next hook: the start of the next epoch (in a background thread, overlapping that epoch's
+    training), or the average-model phase after the last. The upload must be finished before the next
+    save overwrites the files, so the end of the next validation waits for it. Only files that changed
+    since the last upload are sent; ``ckpt_latest.pth`` goes last and ``state.json`` after it.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        output_uri: str,
+        history: list[dict[str, Any]],
+        images_per_epoch: int,
+        batches_per_epoch: int,
+        restored: Path | None = None,
+    ) -> None:
+        self.storage = storage
+        self.output_uri = output_uri
+        self.history = history
+        self.images_per_epoch = images_per_epoch
+        self.batches_per_epoch = batches_per_epoch
+        self.run_dir: Path | None = None
+        self.run_id: str | None = None
+        # Files a retry restored from S3 are there already; only what changes after that is sent again.
+        self._sent: dict[str, tuple[int, int]] = _file_stats(restored) if restored else {}
+        self._pending: dict[str, Any] | None = None
+        self._epoch_started = self._train_started = self._last_progress = time.monotonic()
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-sync")
+        self._upload: Future[None] | None = None
+
+    @property
+    def run_uri(self) -> str:
+        return join_uri(self.output_uri, RUN_DIR)
+
+    def on_training_start(self, context: PhaseContext) -> None:
+        self.run_dir = Path(context.ckpt_dir)
+        self.run_id = self.run_dir.name
+
+    @multi_process_safe
+    def on_train_loader_start(self, context: PhaseContext) -> None:
+        self._publish_pending(background=True)
+        self._epoch_started = self._train_started = self._last_progress = time.monotonic()
+
+    @multi_process_safe
+    def on_train_batch_end(self, context: PhaseContext) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        done = (context.batch_idx or 0) + 1
+        rate = done * self.images_per_epoch / max(self.batches_per_epoch, 1) / (now - self._train_started)
+        log(f"epoch {context.epoch + 1}: batch {done}/{self.batches_per_epoch}, {rate:.1f} images/s")
+
+    def on_train_loader_end(self, context: PhaseContext) -> None:
+        seconds = time.monotonic() - self._train_started
+        self._pending = {
+            "epoch": context.epoch + 1,
+            "train": to_jsonable(context.metrics_dict or {}),
+            "train_seconds": round(seconds, 2),
+            "images_per_second": round(self.images_per_epoch / seconds, 1) if seconds > 0 else None,
+        }
+
+    @multi_process_safe
+    def on_validation_loader_end(self, context: PhaseContext) -> None:
+        if self._pending is not None:
+            self._pending["valid"] = to_jsonable(context.metrics_dict or {})
+            self._pending["seconds"] = round(time.monotonic() - self._epoch_started, 1)
+        # super-gradients writes this epoch's checkpoints right after this hook.
+        self.wait()
+
+    @multi_process_safe
+    def on_average_best_models_validation_start(self, context: PhaseContext) -> None:
+        self._publish_pending(background=False)
+
+    def _publish_pending(self, *, background: bool) -> None:
+        if self._pending is None or self.run_dir is None:
+            return
+        self.wait()
+        entry, self._pending = self._pending, None
+        self.history.append(entry)
+        log(epoch_line(entry))
+        state = {"run_id": self.run_id, "epochs_completed": entry["epoch"], "history": list(self.history)}
+        # The file list is taken now, while nothing is writing checkpoints; only the bytes move later.
+        changed = self._changed_files()
+        if background:
+            self._upload = self._uploader.submit(self._upload_and_commit, changed, state)
+        else:
+            self._upload_and_commit(changed, state)
+
+    def wait(self) -> None:
+        """Block until the upload in flight (if any) is done; re-raise its error here."""
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            upload.result()
+
+    def _changed_files(self) -> list[str]:
+        assert self.run_dir is not None
+        changed = []
+        for rel, stat in _file_stats(self.run_dir).items():
+            if rel.startswith(_NOT_SYNCED_PREFIXES) or self._sent.get(rel) == stat:
+                continue
+            changed.append(rel)
+            self._sent[rel] = stat
+        return changed
+
+    def _upload_and_commit(self, changed: list[str], state: dict[str, Any] | None) -> None:
+        assert self.run_dir is not None
+        # The latest checkpoint last: a retry resumes from it, so everything it refers to is up first.
+        self.storage.upload_tree(self.run_dir, self.run_uri, files=[f for f in changed if f != LATEST_CHECKPOINT])
+        if LATEST_CHECKPOINT in changed:
+            self.storage.upload_file(self.run_dir / LATEST_CHECKPOINT, join_uri(self.run_uri, LATEST_CHECKPOINT))
+        if state is not None:
+            self.storage.write_text(join_uri(self.output_uri, STATE_FILE), json.dumps(state, indent=2))
+
+    def finish(self) -> list[str]:
+        """The last upload (average model, logs), then delete what super-gradients removed locally
+        (``averaging_snapshots.pkl``) so that ``run/`` mirrors the finished run. Returns deleted names."""
+        self.wait()
+        self._uploader.shutdown()
+        if self.run_dir is None:
+            return []
+        self._upload_and_commit(self._changed_files(), None)
+        local = {p.relative_to(self.run_dir).as_posix() for p in self.run_dir.rglob("*") if p.is_file()}
+        stale = [
+            rel
+            for rel in self.storage.list_files(self.run_uri)
+            if rel not in local and not rel.startswith(_NOT_SYNCED_PREFIXES)
+        ]
+        for rel in stale:
+            self.storage.delete(join_uri(self.run_uri, rel))
+        return stale
+
+
+def _file_stats(root: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file below ``root``, sorted by path."""
+    stats = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        stats[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return stats
+
+
+def epoch_line(entry: dict[str, Any]) -> str:
+    """``epoch 2: 14.1s (train 12.0s, 170.2 images/s)  train loss 3.21  valid mAP@0.50 0.412 ...``."""
+    parts = [f"epoch {entry['epoch']}: {entry.get('seconds', 0):.1f}s"]
+    if entry.get("images_per_second"):
+        parts[0] += f" (train {entry['train_seconds']:.1f}s, {entry['images_per_second']:.1f} images/s)"
+    if entry.get("recovered_from_checkpoint"):
+        parts.append("(recovered from the checkpoint)")
+    train = entry.get("train", {})
+    for key in ("PPYoloELoss/loss",):
+        if train.get(key) is not None:
+            parts.append(f"train loss {train[key]:.4f}")
+    valid = entry.get("valid", {})
+    for key in ("PPYoloELoss/loss", "Precision@0.50", "Recall@0.50", "mAP@0.50", "F1@0.50"):
+        if valid.get(key) is not None:
+            parts.append(f"valid {key.split('/')[-1]} {valid[key]:.4f}")
+    return "  ".join(parts)
+
+
+def checkpoint_progress(path: Path) -> tuple[int, dict[str, Any]]:
+    """Epochs completed according to a super-gradients checkpoint, and the metrics it recorded.
+
+    ``mmap`` reads only the small entries; the file is one this run wrote itself (see compat)."""
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return int(checkpoint.get("epoch", 0)), dict(checkpoint.get("metrics") or {})
+
+
+def reconcile_history(
+    history: list[dict[str, Any]], checkpoint_epochs: int, checkpoint_metrics: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The history that matches the checkpoint a retry resumes from.
+
+    ``state.json`` is written after ``ckpt_latest.pth``, so a pod lost between the two leaves a
+    checkpoint one epoch ahead of the state; that epoch's entry is rebuilt from the checkpoint's metrics.
+    """
+    kept = [entry for entry in history if entry["epoch"] <= checkpoint_epochs]
+    if checkpoint_epochs > (kept[-1]["epoch"] if kept else 0):
+        kept.append(
+            {
+                "epoch": checkpoint_epochs,
+                "train": to_jsonable(checkpoint_metrics.get("train", {})),
+                "valid": to_jsonable(checkpoint_metrics.get("valid", {})),
+                "recovered_from_checkpoint": True,
+            }
+        )
+    return kept
+
+
+def _setup_device(request: TrainRequest) -> None:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        # Launched by torchrun: super-gradients joins the process group it sets up (its own launcher
+        # re-executes sys.argv and breaks on modern torch, so it is never used here).
+        setup_device(multi_gpu=MultiGPUMode.DISTRIBUTED_DATA_PARALLEL, num_gpus=world_size)
+    else:
+        setup_device(device="cuda" if torch.cuda.is_available() else "cpu")
+    speed.configure_backends()
+
+
+def _restore_run(
+    request: TrainRequest, storage: Storage, ckpt_root: Path, *, download: bool
+) -> tuple[str | None, list[dict[str, Any]], Path | None]:
+    """The run id, history and local run directory to resume with, after restoring ``run/`` there (when
+    ``download``, i.e. on the node's first process); (None, [], None) for a new run."""
+    state_uri = join_uri(request.output_uri, STATE_FILE)
+    if not storage.exists(state_uri):
+        return None, [], None
+    state = json.loads(storage.read_text(state_uri))
+    run_id = str(state["run_id"])
+    local_run = ckpt_root / EXPERIMENT / run_id
+    if download:
+        shutil.rmtree(local_run, ignore_errors=True)  # S3 is the truth; a reused work dir may hold newer files
+        storage.download_tree(join_uri(request.output_uri, RUN_DIR), local_run)
+    history = list(state.get("history", []))
+    if (local_run / LATEST_CHECKPOINT).is_file():
+        epochs, metrics = checkpoint_progress(local_run / LATEST_CHECKPOINT)
+        history = reconcile_history(history, epochs, metrics)
+    if download:
+        done = history[-1]["epoch"] if history else 0
+        log(f"resuming run {run_id} after epoch {done} from {request.output_uri}")
+    return run_id, history, local_run
+
+
+def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> dict[str, Any]:
+    result_uri = join_uri(request.output_uri, RESULT_FILE)
+    if storage.exists(result_uri):
+        log(f"training already complete: {result_uri} exists; nothing to do")
+        return json.loads(storage.read_text(result_uri))
+
+    started = time.monotonic()
+    _setup_device(request)
+    # Under torchrun the processes share the work dir: the first downloads, the others wait for it.
+    rank = get_local_rank()
+    dataset_dir = work_dir / "dataset"
+    with wait_for_the_master(rank):
+        if rank == 0:
+            log(f"downloading dataset {request.dataset_uri}")
+            storage.download_tree(request.dataset_uri, dataset_dir)
+    manifest = data.read_manifest(dataset_dir)
+    class_names = [str(name) for name in manifest["class_names"]]
+    if len(class_names) != request.num_classes:
+        raise StageInputError(
+            f"num_classes={request.num_classes} but the dataset at {request.dataset_uri} has {len(class_names)} "
+            f"classes ({', '.join(class_names)}); run the inspection stage to derive a consistent set"
+        )
+
+    train_loader = data.build_loader(
+        data.build_dataset(dataset_dir, manifest, "train", input_size=request.input_size, train=True),
+        batch_size=request.batch_size,
+        workers=request.workers,
+        train=True,
+        seed=request.seed,
+    )
+    valid_loader = data.build_loader(
+        data.build_dataset(dataset_dir, manifest, "validation", input_size=request.input_size, train=False),
+        batch_size=request.batch_size,
+        workers=request.workers,
+        train=False,
+    )
+    log(
+        f"{data.images_per_epoch(train_loader)} training images per epoch in {len(train_loader)} batches, "
+        f"{train_loader.num_workers} loader workers, channels_last={speed.use_channels_last(request.channels_last)}"
+    )
+
+    checkpoint_path = None
+    if request.checkpoint_uri:
+        checkpoint_path = work_dir / "base_checkpoint.pth"
+        log(f"downloading base checkpoint {request.checkpoint_uri}")
+        storage.download_file(request.checkpoint_uri, checkpoint_path)
+    model = models.get(
+        getattr(Models, request.model_name.upper()),
+        num_classes=request.num_classes,
+        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
+        checkpoint_num_classes=request.checkpoint_num_classes,
+    )
+    if speed.use_channels_last(request.channels_last):
+        model = speed.to_channels_last(model)
+
+    ckpt_root = work_dir / "checkpoints"
+    with wait_for_the_master(rank):
+        run_id, history, restored = _restore_run(request, storage, ckpt_root, download=rank == 0)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    sync = RunSync(
+        storage=storage,
+        output_uri=request.output_uri,
+        history=history,
+        images_per_epoch=data.images_per_epoch(train_loader) * world_size,
+        batches_per_epoch=len(train_loader),
+        restored=restored if rank == 0 else None,
+    )
+    trainer = Trainer(experiment_name=EXPERIMENT, ckpt_root_dir=str(ckpt_root))
+    params = training_params(request, class_names, [sync])
+    if run_id is not None:
+        params["run_id"] = run_id
+    try:
+        trainer.train(model=model, training_params=params, train_loader=train_loader, valid_loader=valid_loader)
+    finally:
+        sync.wait()  # never leave an upload half-done behind a failure
+
+    # Only the first process writes (under torchrun every process runs this function).
+    if rank != 0:
+        return {}
+    done = history[-1]["epoch"] if history else 0
+    if done < request.epochs:
+        # super-gradients turns a KeyboardInterrupt into a normal return; that is not a finished training.
+        raise RuntimeError(f"training stopped after epoch {done} of {request.epochs}; a retry resumes it")
+    removed = sync.finish()
+    if removed:
+        log(f"removed from {sync.run_uri} what the finished run no longer has: {', '.join(removed)}")
+    run_uri = sync.run_uri
+    run_dir = Path(trainer.checkpoints_dir_path)
+    final_valid = history[-1]["valid"] if history else {}
+    result = {
+        "run_id": sync.run_id or run_dir.name,
+        "model_name": request.model_name,
+        "num_classes": request.num_classes,
+        "class_names": class_names,
+        "input_size": request.input_size,
+        "epochs_completed": done,
+        "best_checkpoint_uri": join_uri(run_uri, "ckpt_best.pth"),
+        "latest_checkpoint_uri": join_uri(run_uri, LATEST_CHECKPOINT),
+        "average_checkpoint_uri": join_uri(run_uri, "average_model.pth")
+        if (run_dir / "average_model.pth").exists()
+        else None,
+        "run_uri": run_uri,
+        "valid_metrics": final_valid,
+        "history": history,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "gpus": world_size if torch.cuda.is_available() else 0,
+        "loader_workers": train_loader.num_workers,
+        "seconds_this_attempt": round(time.monotonic() - started, 1),
+    }
+    storage.write_text(result_uri, json.dumps(result, indent=2))
+    log(f"training complete: {result['epochs_completed']} epochs; result at {result_uri}")
+    return result

@@ -1,0 +1,146 @@
+"""Shared fixtures: a real S3 API server (moto) on loopback, an isolated Airflow home, the trainer venv.
+
+The Airflow configuration is set at import time, before anything imports Airflow, so every test runs
+against a throwaway SQLite database and this repository's dags/ folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER_PYTHON = REPO / ".venvs" / "trainer" / "bin" / "python"
+TEST_ACCESS_KEY = "test-access-key"
+TEST_SECRET_KEY = "test-secret-key"
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="yolonas-test-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "YOLONAS_TRAINER_PYTHON": str(TRAINER_PYTHON),
+        "YOLONAS_BACKEND": "local",
+        "YOLONAS_BUCKET": "yolonas-test",
+    }
+)
+sys.path.insert(0, str(REPO / "include"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class MotoS3:
+    """A moto S3 server in its own process on 127.0.0.1, with one bucket created."""
+
+    endpoint_url: str
+    bucket: str
+    client: Any
+
+    def connection_json(self, login: str = TEST_ACCESS_KEY, password: str = TEST_SECRET_KEY) -> str:
+        extra = {"region_name": "us-east-1", "endpoint_url": self.endpoint_url}
+        return json.dumps({"conn_type": "aws", "login": login, "password": password, "extra": extra})
+
+    def new_bucket(self) -> str:
+        name = f"b-{uuid.uuid4().hex[:12]}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    import boto3
+
+    port = free_port()
+    moto_server = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen(
+        [str(moto_server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=TEST_ACCESS_KEY,
+        aws_secret_access_key=TEST_SECRET_KEY,
+        region_name="us-east-1",
+    )
+    server = MotoS3(endpoint_url=endpoint, bucket="yolonas-test", client=client)
+    client.create_bucket(Bucket=server.bucket)
+    # The Airflow connection every operator uses by default, and the variables the trainer reads.
+    saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_AWS_DEFAULT",)}
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = server.connection_json()
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def trainer_env(moto_s3: MotoS3) -> dict[str, str]:
+    """Environment for running the trainer command directly against the moto server."""
+    return {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO / "include"),
+        "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": moto_s3.endpoint_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """An initialised metadata database for the session (SQLite in a temporary AIRFLOW_HOME)."""
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small cppe-5-layout dataset saved with ``datasets.save_to_disk``."""
+    from yolonas_pipeline.sample_data import make_sample_dataset
+
+    return make_sample_dataset(tmp_path_factory.mktemp("sample") / "cppe5", num_images=24)
+
+
+@pytest.fixture(scope="session")
+def trainer_python() -> Path:
+    if not TRAINER_PYTHON.exists():
+        pytest.fail(f"{TRAINER_PYTHON} is missing: run `make setup` to install the trainer environment")
+    return TRAINER_PYTHON

@@ -1,0 +1,261 @@
+"""The DAGs: they parse, they are wired as documented, the trigger form validates, preflight stops before
+training, schedules come from the environment, and one real run succeeds end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, MotoS3
+
+DAG_ID = "yolonas_training"
+DRIFT_DAG_ID = "yolonas_drift"
+TASKS = ["materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
+DRIFT_TASKS = ["materialize", "detect_drift", "drift_gate", "emit_drift_event"]
+SMALL_RUN = {"epochs": 1, "batch_size": 8, "input_size": 128, "workers": 0, "mixed_precision": False}
+SCHEDULE_VARIABLES = (
+    "YOLONAS_TRAINING_SCHEDULE",
+    "YOLONAS_TRAINING_DEFAULTS",
+    "YOLONAS_DRIFT_SCHEDULE",
+    "YOLONAS_DRIFT_CONFIG",
+    "YOLONAS_DRIFT_RETRAIN_CONF",
+)
+
+
+def parse(monkeypatch: pytest.MonkeyPatch | None = None, **env: str) -> Any:
+    """A fresh DagBag: DAG files read their schedule and defaults from the environment at parse time."""
+    from airflow.models import DagBag
+
+    if monkeypatch is not None:
+        for name in SCHEDULE_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+    # include_examples= raises TypeError in 3.3; examples are off through AIRFLOW__CORE__LOAD_EXAMPLES.
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db: Path):
+    return parse()
+
+
+@pytest.fixture
+def fresh_dag(airflow_db: Path):
+    """The training DAG parsed anew: dag.test(run_conf=...) stores the conf's values in the DAG's Params, so a
+    DAG object shared between runs would carry one test's values into the next."""
+    return parse().get_dag(DAG_ID)
+
+
+def test_dags_import_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert {DAG_ID, DRIFT_DAG_ID} <= set(dagbag.dag_ids)
+
+
+def test_training_dag_is_a_chain_of_the_stages_with_the_preflight_gate(dagbag) -> None:
+    dag = dagbag.get_dag(DAG_ID)
+    assert [t.task_id for t in dag.topological_sort()] == TASKS
+    for upstream, downstream in itertools.pairwise(TASKS):
+        assert downstream in dag.get_task(upstream).downstream_task_ids
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.get_task("train").retries >= 1
+
+
+def test_drift_dag_is_a_chain_ending_in_the_drift_asset(dagbag) -> None:
+    dag = dagbag.get_dag(DRIFT_DAG_ID)
+    assert [t.task_id for t in dag.topological_sort()] == DRIFT_TASKS
+    assert [o.name for o in dag.get_task("emit_drift_event").outlets] == ["yolonas_drift"]
+    assert dag.max_active_runs == 1 and dag.catchup is False
+
+
+@pytest.mark.parametrize("dag_id", [DAG_ID, DRIFT_DAG_ID])
+def test_every_dag_has_docs_tags_owner_retries_and_failure_callbacks(dagbag, dag_id: str) -> None:
+    dag = dagbag.get_dag(dag_id)
+    assert dag.doc_md and dag.tags and dag.description
+    assert dag.owner == "ml-platform"
+    assert dag.on_failure_callback
+    for task in dag.tasks:
+        assert task.on_failure_callback, task.task_id
+    # stages that read or write S3 or run the trainer retry with backoff
+    retried = [t for t in dag.tasks if t.retries >= 1]
+    assert "materialize" in {t.task_id for t in retried}
+    assert all(t.retry_exponential_backoff >= 2 and t.max_retry_delay for t in retried)
+
+
+def test_default_schedule_is_the_drift_asset_and_a_cron_comes_from_the_environment(
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk import AssetOrTimeSchedule
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+
+    dag = parse(monkeypatch).get_dag(DAG_ID)
+    assert type(dag.timetable) is AssetTriggeredTimetable
+    assert "yolonas_drift" in repr(dag.timetable)
+
+    bag = parse(monkeypatch, YOLONAS_TRAINING_SCHEDULE="30 2 * * 1", YOLONAS_DRIFT_SCHEDULE="")
+    dag, drift = bag.get_dag(DAG_ID), bag.get_dag(DRIFT_DAG_ID)
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "30 2 * * 1"
+    assert "yolonas_drift" in repr(dag.timetable.asset_condition)
+    assert type(drift.timetable) is AssetTriggeredTimetable  # empty: the source Asset only
+    assert "yolonas_dataset_source" in repr(drift.timetable)
+
+
+def test_a_bad_cron_or_defaults_is_an_import_error_naming_the_variable(
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bag = parse(monkeypatch, YOLONAS_TRAINING_SCHEDULE="every monday")
+    assert any("YOLONAS_TRAINING_SCHEDULE" in e for e in bag.import_errors.values()), bag.import_errors
+    bag = parse(monkeypatch, YOLONAS_TRAINING_DEFAULTS='{"epochz": 3}')
+    assert any("epochz" in e for e in bag.import_errors.values()), bag.import_errors
+    bag = parse(monkeypatch, YOLONAS_TRAINING_DEFAULTS='{"epochs": 0}')
+    assert bag.import_errors, "a default the form refuses must not parse"
+
+
+def test_form_defaults_come_from_the_environment(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = {"epochs": 3, "input_size": 96, "preflight": True}
+    dag = parse(monkeypatch, YOLONAS_TRAINING_DEFAULTS=json.dumps(conf)).get_dag(DAG_ID)
+    assert {k: dag.params[k] for k in conf} == conf
+
+
+def test_the_form_has_the_documented_sections(dagbag) -> None:
+    params = dagbag.get_dag(DAG_ID).params
+    sections = {key: params.get_param(key).schema.get("section") for key in params}
+    assert sections["dataset_source"] == sections["dataset_revision"] == sections["schema"] == "Dataset"
+    assert sections["split_map"] == "Dataset"
+    assert sections["model_name"] == sections["checkpoint_uri"] == sections["checkpoint_sha256"] == "Model"
+    assert {sections[k] for k in ("epochs", "batch_size", "input_size", "learning_rate", "mixed_precision")} == {
+        "Training"
+    }
+    assert sections["backend"] == sections["gpus"] == "Resources"
+    assert {sections[k] for k in ("publish_bucket", "publish_prefix", "promotion_margin", "class_ap_tolerance")} == {
+        "Publishing"
+    }
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"epochs": 0}, "minimum of 1"),
+        ({"input_size": 100}, "multiple of 32"),
+        ({"model_name": "yolo_nas_xl"}, "is not one of"),
+        ({"checkpoint_sha256": "abc"}, "does not match"),
+        ({"backend": "slurm"}, "is not one of"),
+        ({"learning_rate": 0}, "less than or equal to the minimum"),
+        ({"publish_bucket": "Not_A_Bucket"}, "does not match"),
+        ({"split_map": {"training": "train"}}, "is not one of"),
+        ({"gpus": 9}, "maximum of 8"),
+        ({"preflight": "yes"}, "is not of type 'boolean'"),
+    ],
+)
+def test_bad_trigger_values_are_refused(dagbag, conf: dict[str, Any], message: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.get_dag(DAG_ID)
+    dag.params.validate()  # the defaults are valid
+    with pytest.raises(ParamValidationError, match=message):
+        dag.test(run_conf=conf)
+
+
+def test_bad_drift_settings_are_refused(dagbag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.get_dag(DRIFT_DAG_ID)
+    dag.params.validate()
+    with pytest.raises(ParamValidationError, match="is not one of"):
+        dag.test(run_conf={"drift_config": {"thresholds": {"colour": 0.1}}})
+    with pytest.raises(ParamValidationError, match="is not one of"):
+        dag.test(run_conf={"when_no_champion": "panic"})
+
+
+def test_preflight_run_stops_before_training_and_reports_the_plan(
+    fresh_dag, moto_s3: MotoS3, sample_dataset: Path
+) -> None:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag = fresh_dag
+    dag_run = dag.test(run_conf={"dataset_source": str(sample_dataset), "preflight": True, **SMALL_RUN})
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert dag_run.state == "success", states
+    assert states == {
+        "materialize": "success",
+        "inspect_checkpoint": "success",
+        "preflight": "success",
+        "train": "skipped",
+        "evaluate": "skipped",
+        "publish": "skipped",
+    }
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=DAG_ID, run_id=dag_run.run_id, task_id="preflight", key="return_value")
+            .one()
+        )
+        plan = row.value if isinstance(row.value, dict) else json.loads(row.value)
+    assert plan["preflight"] is True
+    assert plan["training"]["epochs"] == 1 and plan["training"]["train_images"] > 0
+    assert plan["training"]["steps_per_epoch"] == -(-plan["training"]["train_images"] // 8)
+    assert plan["model"]["num_classes"] == 5
+    assert plan["outputs"]["bundle_uri"].startswith(f"s3://{moto_s3.bucket}/models/yolo_nas_s/")
+    assert any(line.startswith("preflight: PREFLIGHT") for line in plan["summary"])
+    keys = [o["Key"] for o in moto_s3.client.list_objects_v2(Bucket=moto_s3.bucket).get("Contents", [])]
+    assert not any("/train/" in k and k.startswith("runs/") for k in keys), "preflight must not train"
+
+
+def test_a_failed_run_logs_one_line_with_its_s3_location(
+    fresh_dag, moto_s3: MotoS3, sample_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from yolonas_pipeline.publish import safe_segment
+
+    dag = fresh_dag
+    missing = f"s3://{moto_s3.bucket}/no/such/checkpoint.pth"
+    conf = {"dataset_source": str(sample_dataset), "preflight": True, "checkpoint_uri": missing}
+    with caplog.at_level(logging.ERROR, logger="yolonas_pipeline.failures"):
+        dag_run = dag.test(run_conf=conf)
+    assert dag_run.state == "failed"
+    lines = [r.getMessage() for r in caplog.records if r.name == "yolonas_pipeline.failures"]
+    assert lines, "the failure callback logged nothing"
+    # the task's own callback names the exception; the DAG-level one the reason the run failed
+    (line,) = [line for line in lines if "FileNotFoundError" in line]
+    assert "\n" not in line
+    assert line.startswith(f"FAILED {DAG_ID} run {dag_run.run_id}: task inspect_checkpoint (try 1 of 1): ")
+    assert line.endswith(f"; artifacts s3://{moto_s3.bucket}/runs/{safe_segment(dag_run.run_id)}/")
+
+
+def test_end_to_end_run_trains_evaluates_and_publishes(fresh_dag, moto_s3: MotoS3, sample_dataset: Path) -> None:
+    from yolonas_pipeline.publish import verify_bundle
+    from yolonas_pipeline.storage import Storage
+
+    dag = fresh_dag
+    conf = {"dataset_source": str(sample_dataset), **SMALL_RUN}
+    dag_run = dag.test(run_conf=conf)
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert dag_run.state == "success", states
+    assert set(states.values()) == {"success"}
+
+    keys = [o["Key"] for o in moto_s3.client.list_objects_v2(Bucket=moto_s3.bucket)["Contents"]]
+    assert any(k.startswith("datasets/") and k.endswith("/manifest.json") for k in keys)
+    assert any(k.startswith("datasets/") and k.endswith("/annotations/train.json") for k in keys)
+    assert any(k.startswith("runs/") and k.endswith("/train/run/ckpt_best.pth") for k in keys)
+    metrics_key = next(k for k in keys if k.startswith("runs/") and k.endswith("/evaluate/metrics.json"))
+    metrics = json.loads(moto_s3.client.get_object(Bucket=moto_s3.bucket, Key=metrics_key)["Body"].read())
+    assert {"map_50", "map_50_95", "precision", "recall", "per_class"} <= set(metrics)
+    assert set(metrics["per_class"]) == {"Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"}
+
+    manifest_key = next(k for k in keys if k.startswith("models/yolo_nas_s/") and k.endswith("/manifest.json"))
+    storage = Storage(moto_s3.client)
+    manifest = verify_bundle(f"s3://{moto_s3.bucket}/{manifest_key.rsplit('/', 1)[0]}", storage=storage)
+    assert set(manifest["files"]) >= {"model.pth", "metrics.json", "dataset_manifest.json"}
+    assert manifest["base_weights"]["licence_note"] == "trained from scratch"
+
+    # the drift DAG finds the snapshot the champion was trained on through what publish wrote
+    from yolonas_pipeline.drift import read_champion
+
+    champion = read_champion(f"s3://{moto_s3.bucket}/models/yolo_nas_s/champion.json", storage=storage)
+    assert champion is not None, "the first published model becomes the champion"
+    assert storage.exists(f"{champion.dataset_uri}/manifest.json")

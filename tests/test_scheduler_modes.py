@@ -1,0 +1,227 @@
+"""The three ways to run training, through a real scheduler (`airflow standalone` + moto S3 on loopback).
+
+One stack for the module. Its training form defaults to a tiny *preflight* run (``YOLONAS_TRAINING_DEFAULTS``)
+on a two-minute cron (``YOLONAS_TRAINING_SCHEDULE``), so the scheduled runs cost seconds; the one run that
+trains is the one drift starts, whose form values come from the drift run's ``retrain_conf``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from conftest import free_port
+
+from yolonas_pipeline.embedded import AirflowApi, Embedded
+from yolonas_pipeline.materialize import MaterializeRequest, materialize
+from yolonas_pipeline.storage import Storage
+
+TRAINING = "yolonas_training"
+DRIFT = "yolonas_drift"
+TINY = {"epochs": 1, "batch_size": 8, "input_size": 96, "workers": 0, "mixed_precision": False}
+T = TypeVar("T")
+STAGES = ["materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
+
+
+def shift_class_balance(source: Path, destination: Path, *, to_class: int = 0, keep_every: int = 4) -> Path:
+    """A copy of a cppe-5-layout dataset where all but every ``keep_every``-th image's boxes become one class."""
+    from datasets import load_from_disk
+
+    def relabel(row: dict[str, Any], index: int) -> dict[str, Any]:
+        if index % keep_every != keep_every - 1:
+            row["objects"]["category"] = [to_class for _ in row["objects"]["category"]]
+        return row
+
+    load_from_disk(str(source)).map(relabel, with_indices=True).save_to_disk(str(destination))
+    return destination
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    from yolonas_pipeline.sample_data import make_sample_dataset
+
+    root = tmp_path_factory.mktemp("modes")
+    embedded = Embedded(
+        home=root / "airflow",
+        run_dir=root / "run",
+        data_dir=root / "data",
+        api_port=free_port(),
+        s3_port=free_port(),
+        bucket="yolonas-modes",
+    )
+    make_sample_dataset(embedded.sample_dataset, num_images=24)
+    shift_class_balance(embedded.sample_dataset, embedded.data_dir / "shifted")
+    # Read by the DAG files at parse time: environment() copies os.environ into every Airflow process.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("YOLONAS_TRAINING_SCHEDULE", "*/2 * * * *")
+        env.setenv("YOLONAS_TRAINING_DEFAULTS", json.dumps({"preflight": True, **TINY}))
+        env.setenv("YOLONAS_DRIFT_SCHEDULE", "")
+        try:
+            embedded.up()
+            yield embedded
+        finally:
+            embedded.down()
+
+
+@pytest.fixture(scope="module")
+def api(stack: Embedded) -> AirflowApi:
+    client = patient(stack.api)
+    patient(lambda: client.wait_for_dag(TRAINING))
+    patient(lambda: client.wait_for_dag(DRIFT))
+    return client
+
+
+def patient(call: Callable[[], T], attempts: int = 5) -> T:
+    """Retry a REST call that timed out: on two busy cores the API server sometimes answers after 30 s."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
+
+
+# AirflowApi covers the demo's calls; these few reads and the asset event go through its request method.
+def get(api: AirflowApi, path: str, **query: Any) -> Any:
+    url = path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
+    return patient(lambda: api._request("GET", url))
+
+
+def runs(api: AirflowApi, dag_id: str, run_type: str) -> list[dict[str, Any]]:
+    return get(api, f"/api/v2/dags/{dag_id}/dagRuns", run_type=run_type, order_by="-run_after")["dag_runs"]
+
+
+def wait_for_run(api: AirflowApi, dag_id: str, run_type: str, *, after: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fresh = [r["dag_run_id"] for r in runs(api, dag_id, run_type) if r["dag_run_id"] not in after]
+        if fresh:
+            return fresh[0]
+        time.sleep(3)
+    raise TimeoutError(f"no new {run_type} run of {dag_id} within {timeout:.0f}s")
+
+
+def task_states(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, str | None]:
+    return {ti["task_id"]: ti["state"] for ti in patient(lambda: api.task_instances(dag_id, run_id))}
+
+
+def follow(stack: Embedded, api: AirflowApi, dag_id: str, run_id: str, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = patient(lambda: api.run(dag_id, run_id))["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(3)
+    states = task_states(api, dag_id, run_id)
+    assert state == "success", (state, states, (stack.run_dir / "airflow.log").read_text()[-3000:])
+    return states
+
+
+def xcom(api: AirflowApi, dag_id: str, run_id: str, task_id: str) -> Any:
+    return patient(lambda: api.xcom(dag_id, run_id, task_id))
+
+
+def test_the_form_refuses_bad_values_over_rest_and_a_preflight_run_stops_before_training(
+    stack: Embedded, api: AirflowApi
+) -> None:
+    patient(lambda: api.unpause(TRAINING))
+    for conf, message in (({"epochs": 0}, "minimum of 1"), ({"model_name": "yolo_nas_xl"}, "is not one of")):
+        with pytest.raises(RuntimeError, match="400") as refused:
+            api.trigger(TRAINING, conf)
+        assert message in str(refused.value)
+
+    run_id = patient(lambda: api.trigger(TRAINING, {}))  # a bare trigger: the defaults, a preflight run here
+    states = follow(stack, api, TRAINING, run_id)
+    assert states == {
+        **dict.fromkeys(STAGES[:3], "success"),
+        **dict.fromkeys(STAGES[3:], "skipped"),
+    }
+    plan = xcom(api, TRAINING, run_id, "preflight")
+    assert plan["preflight"] is True and plan["training"]["epochs"] == 1
+    assert plan["dataset"]["source"] == str(stack.sample_dataset)
+    assert plan["outputs"]["run_uri"].startswith(f"s3://{stack.bucket}/runs/")
+
+
+def test_a_scheduled_run_goes_through_the_scheduler(stack: Embedded, api: AirflowApi) -> None:
+    patient(lambda: api.unpause(TRAINING))
+    run_id = wait_for_run(api, TRAINING, "scheduled", after=set(), timeout=300)
+    assert run_id.startswith("scheduled__")
+    states = follow(stack, api, TRAINING, run_id)
+    assert states["preflight"] == "success" and states["train"] == "skipped"
+    plan = xcom(api, TRAINING, run_id, "preflight")
+    assert plan["trigger"]["run_type"].endswith("scheduled")
+    assert safe(run_id) in plan["outputs"]["run_uri"]  # artifacts keyed on the run id
+
+
+def test_identical_data_does_not_retrain_and_a_shifted_class_balance_does(stack: Embedded, api: AirflowApi) -> None:
+    storage = Storage(stack.s3_client())
+    reference = crown_sample_as_champion(stack, storage)
+    patient(lambda: api.unpause(TRAINING))
+    patient(lambda: api.unpause(DRIFT))
+    retrains_before = {r["dag_run_id"] for r in runs(api, TRAINING, "asset_triggered")}
+
+    # An identical revision lands: an upstream pipeline says so with an event on the source Asset.
+    seen = {r["dag_run_id"] for r in runs(api, DRIFT, "asset_triggered")}
+    post_asset_event(api, "yolonas_dataset_source", {"conf": {"dataset_source": str(stack.sample_dataset)}})
+    run_id = wait_for_run(api, DRIFT, "asset_triggered", after=seen, timeout=120)
+    states = follow(stack, api, DRIFT, run_id)
+    assert states == {"materialize": "success", "detect_drift": "success", "drift_gate": "success",
+                      "emit_drift_event": "skipped"}  # fmt: skip
+    result = xcom(api, DRIFT, run_id, "detect_drift")
+    assert not result["drifted"] and result["current"]["fingerprint"] == reference["fingerprint"]
+    report = json.loads(storage.read_text(result["report_uri"]))
+    assert report["reason"].startswith("no feature over its threshold") and report["retrain"] is False
+
+    # A revision with a shifted class balance, checked by hand with the drift form.
+    shifted = str(stack.data_dir / "shifted")
+    conf = {"dataset_source": shifted, "retrain_conf": {"preflight": False, **TINY}}
+    run_id = patient(lambda: api.trigger(DRIFT, conf))
+    states = follow(stack, api, DRIFT, run_id)
+    assert set(states.values()) == {"success"}, states
+    result = xcom(api, DRIFT, run_id, "detect_drift")
+    assert result["drifted"] and "class_balance" in result["drifted_features"]
+    assert storage.exists(result["png_uri"])
+
+    # ... which starts exactly one training run, on the drifted data, that trains.
+    retrain = wait_for_run(api, TRAINING, "asset_triggered", after=retrains_before, timeout=180)
+    states = follow(stack, api, TRAINING, retrain, timeout=900)
+    assert states == dict.fromkeys(STAGES, "success")
+    assert xcom(api, TRAINING, retrain, "materialize")["fingerprint"] == result["current"]["fingerprint"]
+    plan = xcom(api, TRAINING, retrain, "preflight")
+    assert plan["trigger"]["asset"] == "yolonas_drift" and plan["preflight"] is False
+    assert plan["trigger"]["event"]["scores"]["class_balance"] == result["scores"]["class_balance"]
+    assert {r["dag_run_id"] for r in runs(api, TRAINING, "asset_triggered")} - retrains_before == {retrain}
+
+
+def safe(run_id: str) -> str:
+    from yolonas_pipeline.publish import safe_segment
+
+    return safe_segment(run_id)
+
+
+def crown_sample_as_champion(stack: Embedded, storage: Storage) -> dict[str, Any]:
+    """A champion trained on the sample export: a bundle manifest recording it, and champion.json."""
+    request = MaterializeRequest(source=str(stack.sample_dataset), output_uri=f"s3://{stack.bucket}/datasets")
+    dataset = materialize(request, storage=storage, log=lambda _: None).to_dict()
+    bundle = f"s3://{stack.bucket}/models/yolo_nas_s/manual__champion"
+    storage.write_text(
+        f"{bundle}/manifest.json",
+        json.dumps({"dataset": {"uri": dataset["dataset_uri"], "fingerprint": dataset["fingerprint"]}}),
+    )
+    champion = {"bundle_uri": bundle, "run_id": "manual__champion"}
+    storage.write_text(f"s3://{stack.bucket}/models/yolo_nas_s/champion.json", json.dumps(champion))
+    return dataset
+
+
+def post_asset_event(api: AirflowApi, name: str, extra: dict[str, Any]) -> None:
+    assets = get(api, "/api/v2/assets", name_pattern=name)["assets"]
+    (asset,) = [a for a in assets if a["name"] == name]
+    patient(lambda: api._request("POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": extra}))

@@ -1,0 +1,239 @@
+"""The promotion gate: the rule, the champion pointer's conditional writes (moto S3 and local), and where the
+champion's numbers come from."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MotoS3
+
+from yolonas_pipeline import promote
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.storage import Storage
+
+
+def metrics(map_50_95: float, classes: dict[str, float], *, fingerprint: str = "fp1", split: str = "test") -> dict:
+    return {
+        "map_50": min(1.0, map_50_95 + 0.2),
+        "map_50_95": map_50_95,
+        "split": split,
+        "dataset_fingerprint": fingerprint,
+        "images": 50,
+        "input_size": 640,
+        "class_names": sorted(classes),
+        "per_class": {name: {"ap_50_95": ap, "ap_50": min(1.0, ap + 0.2), "boxes": 10} for name, ap in classes.items()},
+    }
+
+
+CHAMPION = metrics(0.40, {"coverall": 0.40, "mask": 0.40})
+
+
+# -- the rule --------------------------------------------------------------------------------------------------
+def test_promotes_a_better_model() -> None:
+    promote_it, reasons, deltas = promote.decide(
+        metrics(0.45, {"coverall": 0.47, "mask": 0.43}), CHAMPION, margin=0.01, class_ap_tolerance=0.05
+    )
+    assert promote_it
+    assert "+0.0500 >= margin 0.0100" in reasons[0]
+    assert deltas == pytest.approx({"coverall": 0.07, "mask": 0.03})
+
+
+def test_refuses_a_better_model_with_a_regressed_class() -> None:
+    promote_it, reasons, deltas = promote.decide(
+        metrics(0.45, {"coverall": 0.60, "mask": 0.30}), CHAMPION, margin=0.01, class_ap_tolerance=0.05
+    )
+    assert not promote_it
+    assert any("'mask'" in r and "drops 0.4000 -> 0.3000" in r for r in reasons)
+    assert deltas["mask"] == pytest.approx(-0.10)
+
+
+def test_a_drop_within_the_tolerance_is_accepted() -> None:
+    better = metrics(0.45, {"coverall": 0.56, "mask": 0.36})
+    assert promote.decide(better, CHAMPION, margin=0.0, class_ap_tolerance=0.05)[0]
+    assert not promote.decide(better, CHAMPION, margin=0.0, class_ap_tolerance=0.03)[0]
+
+
+def test_refuses_a_gain_below_the_margin() -> None:
+    promote_it, reasons, _ = promote.decide(
+        metrics(0.405, {"coverall": 0.41, "mask": 0.40}), CHAMPION, margin=0.01, class_ap_tolerance=0.05
+    )
+    assert not promote_it and "below the margin 0.0100" in reasons[0]
+    # The margin is inclusive.
+    assert promote.decide(metrics(0.41, {"coverall": 0.41, "mask": 0.41}), CHAMPION, margin=0.01)[0]
+
+
+def test_without_a_champion_the_first_model_wins() -> None:
+    assert promote.decide(CHAMPION, None) == (True, ["there is no champion yet"], {})
+
+
+def test_bad_thresholds_are_refused() -> None:
+    with pytest.raises(StageInputError, match="must not be negative"):
+        promote.decide(CHAMPION, CHAMPION, margin=-0.1)
+    with pytest.raises(StageInputError, match="no numeric 'map_50_95'"):
+        promote.decide({"per_class": {}}, CHAMPION)
+
+
+# -- the gate against S3 ---------------------------------------------------------------------------------------
+class Models:
+    """A models prefix in the moto bucket, with helpers to publish fake bundles (metrics.json only)."""
+
+    def __init__(self, storage: Storage, root: str) -> None:
+        self.storage, self.root = storage, root
+        self.pointer_uri = promote.champion_uri(root, "yolo_nas_s")
+
+    def bundle(self, run_id: str, run_metrics: dict[str, Any]) -> str:
+        uri = f"{self.root}/yolo_nas_s/{run_id}"
+        self.storage.write_text(f"{uri}/metrics.json", json.dumps(run_metrics))
+        return uri
+
+    def crown(self, run_id: str, run_metrics: dict[str, Any]) -> str:
+        uri = self.bundle(run_id, run_metrics)
+        _, version = promote.read_champion(self.pointer_uri, storage=self.storage)
+        pointer = self.pointer(run_id, run_metrics, None)
+        assert promote.write_champion(self.pointer_uri, pointer, expected_version=version, storage=self.storage)
+        return uri
+
+    def pointer(self, run_id: str, run_metrics: dict[str, Any], decision: promote.PromotionDecision | None) -> dict:
+        uri = f"{self.root}/yolo_nas_s/{run_id}"
+        return promote.pointer_document(
+            model_name="yolo_nas_s",
+            run_id=run_id,
+            bundle_uri=uri,
+            manifest_uri=f"{uri}/manifest.json",
+            metrics=run_metrics,
+            previous=decision.champion if decision else None,
+        )
+
+    def champion(self) -> dict[str, Any] | None:
+        return promote.read_champion(self.pointer_uri, storage=self.storage)[0]
+
+    def gate(self, run_id: str, run_metrics: dict[str, Any], **thresholds: float) -> promote.PromotionDecision:
+        return promote.run_gate(
+            run_metrics,
+            candidate={"run_id": run_id, "bundle_uri": self.bundle(run_id, run_metrics)},
+            champion_pointer_uri=self.pointer_uri,
+            storage=self.storage,
+            **thresholds,
+        )
+
+    def apply(self, run_id: str, run_metrics: dict, decision: promote.PromotionDecision) -> str:
+        return promote.apply_decision(
+            decision,
+            champion_pointer_uri=self.pointer_uri,
+            pointer=self.pointer(run_id, run_metrics, decision),
+            storage=self.storage,
+        )
+
+
+@pytest.fixture
+def models(moto_s3: MotoS3) -> Models:
+    return Models(Storage(moto_s3.client), f"s3://{moto_s3.bucket}/promote-{uuid.uuid4().hex[:8]}/models")
+
+
+def test_gate_promotes_a_better_model_and_moves_the_pointer(models: Models) -> None:
+    first = models.crown("run-1", CHAMPION)
+    better = metrics(0.45, {"coverall": 0.47, "mask": 0.43})
+    decision = models.gate("run-2", better, margin=0.01)
+
+    assert decision.promote and decision.champion["run_id"] == "run-1"
+    assert decision.champion["metrics_source"].startswith("champion's own metrics.json")
+    assert models.apply("run-2", better, decision) == "updated"
+    pointer = models.champion()
+    assert pointer["run_id"] == "run-2" and pointer["previous"] == {"run_id": "run-1", "bundle_uri": first}
+    assert pointer["metrics"]["map_50_95"] == 0.45 and pointer["format"] == promote.CHAMPION_FORMAT
+    # Applying the same decision again (a retried task) changes nothing.
+    assert models.apply("run-2", better, decision) == "already"
+
+
+def test_gate_refuses_a_model_with_a_regressed_class(models: Models) -> None:
+    models.crown("run-1", CHAMPION)
+    regressed = metrics(0.45, {"coverall": 0.60, "mask": 0.30})
+    decision = models.gate("run-2", regressed, margin=0.01, class_ap_tolerance=0.05)
+
+    assert not decision.promote
+    assert any("'mask'" in reason for reason in decision.reasons)
+    assert models.apply("run-2", regressed, decision) == "unchanged"
+    assert models.champion()["run_id"] == "run-1"
+
+
+def test_the_first_model_becomes_the_champion(models: Models) -> None:
+    decision = models.gate("run-1", CHAMPION)
+    assert decision.promote and decision.champion is None and decision.champion_version is None
+    assert models.apply("run-1", CHAMPION, decision) == "updated"
+    assert models.champion()["run_id"] == "run-1"
+
+
+def test_a_champion_scored_on_another_split_is_not_compared(models: Models) -> None:
+    models.crown("run-1", metrics(0.40, {"coverall": 0.4, "mask": 0.4}, fingerprint="old-export"))
+    decision = models.gate("run-2", metrics(0.9, {"coverall": 0.9, "mask": 0.9}))
+    assert not decision.promote
+    assert "not the same split" in decision.reasons[0]
+
+
+def test_the_evaluate_stages_rescoring_of_the_champion_is_used(models: Models) -> None:
+    champion_bundle = models.crown("run-1", metrics(0.40, {"coverall": 0.4, "mask": 0.4}, fingerprint="old-export"))
+    candidate = metrics(0.45, {"coverall": 0.46, "mask": 0.44})
+    candidate["champion"] = {"bundle_uri": champion_bundle, **metrics(0.30, {"coverall": 0.3, "mask": 0.3})}
+    decision = models.gate("run-2", candidate, margin=0.1)
+    assert decision.promote, decision.reasons
+    assert decision.champion["metrics_source"].startswith("champion re-evaluated on this split")
+    assert decision.champion["map_50_95"] == 0.30
+
+
+def test_two_runs_cannot_both_win(models: Models) -> None:
+    models.crown("run-1", CHAMPION)
+    second, third = metrics(0.45, {"coverall": 0.45, "mask": 0.45}), metrics(0.50, {"coverall": 0.5, "mask": 0.5})
+    # Both decide against run-1 before either writes.
+    decision_2, decision_3 = models.gate("run-2", second), models.gate("run-3", third)
+    assert decision_2.promote and decision_3.promote
+    assert decision_2.champion_version == decision_3.champion_version
+
+    assert models.apply("run-2", second, decision_2) == "updated"
+    assert models.apply("run-3", third, decision_3) == "conflict"
+    # A stale version is refused by S3 itself (If-Match), not only by the read-compare in apply_decision.
+    stale = models.pointer("run-3", third, None)
+    version = decision_3.champion_version
+    assert not promote.write_champion(models.pointer_uri, stale, expected_version=version, storage=models.storage)
+    assert not promote.write_champion(models.pointer_uri, stale, expected_version=None, storage=models.storage)
+    assert models.champion()["run_id"] == "run-2"
+
+    # The loser decides again, against the new champion, and records each decision it makes.
+    recorded: list[promote.PromotionDecision] = []
+    final, outcome = promote.gate_and_apply(
+        third,
+        candidate={"run_id": "run-3", "bundle_uri": f"{models.root}/yolo_nas_s/run-3"},
+        make_pointer=lambda d: models.pointer("run-3", third, d),
+        champion_pointer_uri=models.pointer_uri,
+        storage=models.storage,
+        margin=0.0,
+        class_ap_tolerance=0.05,
+        record=recorded.append,
+        decision=decision_3,
+        log=lambda _: None,
+    )
+    assert outcome == "updated" and final.champion["run_id"] == "run-2"
+    assert [d.champion["run_id"] for d in recorded] == ["run-2"]
+    assert models.champion()["previous"]["run_id"] == "run-2"
+
+
+def test_the_local_pointer_is_conditional_too(tmp_path: Path) -> None:
+    storage = Storage()
+    uri = str(tmp_path / "models" / "yolo_nas_s" / "champion.json")
+    assert promote.read_champion(uri, storage=storage) == (None, None)
+    assert promote.write_champion(uri, {"run_id": "a", "bundle_uri": "x"}, expected_version=None, storage=storage)
+    pointer, version = promote.read_champion(uri, storage=storage)
+    assert pointer["run_id"] == "a" and version
+    assert not promote.write_champion(uri, {"run_id": "b"}, expected_version=None, storage=storage)
+    assert promote.write_champion(uri, {"run_id": "b", "bundle_uri": "y"}, expected_version=version, storage=storage)
+    assert not promote.write_champion(uri, {"run_id": "c"}, expected_version=version, storage=storage)
+    assert promote.read_champion(uri, storage=storage)[0]["run_id"] == "b"
+
+
+def test_a_recorded_decision_round_trips() -> None:
+    decision = promote.PromotionDecision(True, ["x"], 0.0, 0.05, {"run_id": "r"}, None, champion_version='"e"')
+    assert promote.PromotionDecision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
+    assert decision.summary() == "promotion gate: PROMOTE: x"

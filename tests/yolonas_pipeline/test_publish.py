@@ -1,0 +1,339 @@
+"""Publishing against a real S3 API (moto): the bundle and its manifest, retries, interruptions, the gate.
+
+The upstream stages' results are made up here (small files with the real names and shapes), so these
+tests need neither torch nor a trained model.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from conftest import MotoS3
+
+from yolonas_pipeline import promote
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.publish import MANIFEST_FILE, publish_bundle, publish_run, verify_bundle
+from yolonas_pipeline.storage import Storage
+
+CLASSES = ["Coverall", "Mask"]
+BASE_WEIGHTS = os.urandom(50_000)
+
+
+@dataclass
+class Run:
+    """One DAG run's upstream results, as the operators pass them to the publish stage."""
+
+    run_id: str
+    dataset: dict[str, Any]
+    class_plan: dict[str, Any]
+    train_result: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class Bucket:
+    def __init__(self, moto_s3: MotoS3) -> None:
+        self.client, self.bucket = moto_s3.client, moto_s3.bucket
+        self.storage = Storage(moto_s3.client)
+        self.root = f"s3://{self.bucket}/publish-{uuid.uuid4().hex[:8]}"
+        self.models_uri = f"{self.root}/models"
+        self.base_uri = f"{self.root}/base/yolo_nas_s_coco.pth"
+        self.storage.write_bytes(self.base_uri, BASE_WEIGHTS)
+        self.dataset = self._dataset("fp-1")
+
+    def _dataset(self, fingerprint: str) -> dict[str, Any]:
+        uri = f"{self.root}/datasets/{fingerprint}"
+        source = {"source": "cppe-5", "revision": "3f2a1b0c", "schema": {}}
+        manifest = {"format": "yolonas-pipeline/coco-detection@1", "fingerprint": fingerprint, "source": source}
+        self.storage.write_text(f"{uri}/manifest.json", json.dumps(manifest))
+        self.storage.write_text(f"{uri}/report.json", json.dumps({"rows": 10, "dropped": {}}))
+        return {
+            "dataset_uri": uri,
+            "fingerprint": fingerprint,
+            "class_names": CLASSES,
+            "splits": {"train": {"images": 8, "annotations": 12}, "test": {"images": 2, "annotations": 3}},
+            "manifest_uri": f"{uri}/manifest.json",
+            "report_uri": f"{uri}/report.json",
+        }
+
+    def run(self, run_id: str, map_50_95: float = 0.30, classes: dict[str, float] | None = None) -> Run:
+        """Upload a run's training and evaluation outputs and return the upstream results for it."""
+        runs = f"{self.root}/runs/{run_id}"
+        self.storage.write_bytes(f"{runs}/train/run/ckpt_best.pth", os.urandom(120_000))
+        train_result = {
+            "run_id": "RUN_1",
+            "model_name": "yolo_nas_s",
+            "num_classes": 2,
+            "class_names": CLASSES,
+            "input_size": 640,
+            "epochs_completed": 2,
+            "best_checkpoint_uri": f"{runs}/train/run/ckpt_best.pth",
+            "run_uri": f"{runs}/train/run",
+            "history": [{"epoch": 1, "seconds": 10.0}, {"epoch": 2, "seconds": 12.5}],
+            "device": "NVIDIA H100 80GB HBM3",
+            "gpus": 2,
+        }
+        self.storage.write_text(f"{runs}/train/result.json", json.dumps(train_result))
+        classes = classes or dict.fromkeys(CLASSES, map_50_95)
+        evaluate = f"{runs}/evaluate"
+        metrics = {
+            "map_50": map_50_95 + 0.2,
+            "map_50_95": map_50_95,
+            "precision": 0.5,
+            "recall": 0.5,
+            "f1": 0.5,
+            "per_class": {n: {"ap_50": ap + 0.2, "ap_50_95": ap, "boxes": 3} for n, ap in classes.items()},
+            "split": "test",
+            "images": 2,
+            "class_names": CLASSES,
+            "dataset_fingerprint": self.dataset["fingerprint"],
+            "input_size": 640,
+            "thresholds": {"score_threshold": 0.1},
+            "predictions": "predictions.json",
+            "plots": {"pr_curves": "plots/pr_curves.png", "confusion_matrix": "plots/confusion_matrix.png"},
+            "onnx": {"files": {"raw": "model.onnx", "nms": "model_nms.onnx"}},
+            "champion": None,
+            "seconds": 5.0,
+            "gpus": 1,
+        }
+        self.storage.write_text(f"{evaluate}/metrics.json", json.dumps(metrics))
+        self.storage.write_text(f"{evaluate}/predictions.json", "[]")
+        for name in ("plots/pr_curves.png", "plots/confusion_matrix.png", "onnx/model.onnx", "onnx/model_nms.onnx"):
+            self.storage.write_bytes(f"{evaluate}/{name}", os.urandom(3_000))
+        class_plan = {
+            "model_name": "yolo_nas_s",
+            "num_classes": 2,
+            "class_names": CLASSES,
+            "checkpoint_uri": self.base_uri,
+            "checkpoint_num_classes": 80,
+            "warnings": [],
+            "checkpoint": {"sha256": None},
+        }
+        return Run(
+            run_id, self.dataset, class_plan, train_result, {**metrics, "metrics_uri": f"{evaluate}/metrics.json"}
+        )
+
+    def publish(self, run: Run, storage: Storage | None = None, log: list[str] | None = None, **gate: Any) -> dict:
+        return publish_run(
+            dataset=run.dataset,
+            class_plan=run.class_plan,
+            train_result=run.train_result,
+            metrics=run.metrics,
+            run_id=run.run_id,
+            models_uri=self.models_uri,
+            storage=storage or self.storage,
+            params={"epochs": 2, "dataset_source": "cppe-5"},
+            log=(log.append if log is not None else lambda _: None),
+            **gate,
+        )
+
+    def keys(self, prefix_uri: str) -> list[str]:
+        return self.storage.list_files(prefix_uri)
+
+    def manifest(self, bundle_uri: str) -> dict[str, Any]:
+        return json.loads(self.storage.read_text(f"{bundle_uri}/{MANIFEST_FILE}"))
+
+    def champion(self) -> dict[str, Any] | None:
+        return promote.read_champion(promote.champion_uri(self.models_uri, "yolo_nas_s"), storage=self.storage)[0]
+
+
+class Killed(BaseException):
+    """The task process dying (SIGKILL, OOM): no ``except Exception`` can clean up after it."""
+
+
+class CrashingStorage(Storage):
+    """Real S3, but the process "dies" (raises) at the ``crash_at``-th upload: an interrupted task."""
+
+    def __init__(self, client: Any, crash_at: int) -> None:
+        super().__init__(client)
+        self.crash_at, self.uploads = crash_at, 0
+
+    def upload_file(self, path: Any, uri: str) -> None:
+        self.uploads += 1
+        if self.uploads == self.crash_at:
+            raise Killed(f"killed while uploading {uri}")
+        super().upload_file(path, uri)
+
+
+@pytest.fixture
+def bucket(moto_s3: MotoS3) -> Bucket:
+    return Bucket(moto_s3)
+
+
+EXPECTED_FILES = {
+    "model.pth",
+    "metrics.json",
+    "predictions.json",
+    "plots/pr_curves.png",
+    "plots/confusion_matrix.png",
+    "onnx/model.onnx",
+    "onnx/model_nms.onnx",
+    "training_result.json",
+    "training_config.json",
+    "dataset_manifest.json",
+    "materialization_report.json",
+}
+
+
+def test_the_bundle_holds_every_file_and_its_manifest_verifies(bucket: Bucket) -> None:
+    run = bucket.run("manual__2026-11-26T10:00:00+00:00")
+    result = bucket.publish(run)
+
+    assert result["bundle_uri"] == f"{bucket.models_uri}/yolo_nas_s/manual__2026-11-26T10_00_00_00_00"
+    assert set(bucket.keys(result["bundle_uri"])) == EXPECTED_FILES | {MANIFEST_FILE}
+    manifest = verify_bundle(result["bundle_uri"], storage=bucket.storage)  # every SHA-256 recomputed
+    assert set(manifest["files"]) == EXPECTED_FILES
+    assert manifest["dataset"] == {
+        "uri": bucket.dataset["dataset_uri"],
+        "fingerprint": "fp-1",
+        "source": "cppe-5",
+        "revision": "3f2a1b0c",
+        "splits": bucket.dataset["splits"],
+    }
+    assert manifest["base_weights"]["uri"] == bucket.base_uri
+    assert manifest["base_weights"]["sha256"] == hashlib.sha256(BASE_WEIGHTS).hexdigest()
+    assert "non-commercial" in manifest["base_weights"]["licence_note"]
+    assert manifest["code_version"]["package"]
+    # (10 s + 12.5 s of training) x 2 GPUs + 5 s of evaluation x 1 GPU
+    assert manifest["compute"]["gpu_seconds"] == pytest.approx(50.0)
+    assert manifest["evaluation"]["map_50_95"] == 0.30 and manifest["evaluation"]["split"] == "test"
+    assert manifest["promotion"]["promote"] and manifest["promotion"]["reasons"] == ["there is no champion yet"]
+    config = json.loads(bucket.storage.read_text(f"{result['bundle_uri']}/training_config.json"))
+    assert config["dag_params"] == {"epochs": 2, "dataset_source": "cppe-5"}
+
+
+def test_uploads_carry_s3_sha256_checksums(bucket: Bucket) -> None:
+    result = bucket.publish(bucket.run("run-checksums"))
+    manifest = bucket.manifest(result["bundle_uri"])
+    _, prefix = result["bundle_uri"][len("s3://") :].split("/", 1)
+    for name in ("model.pth", "metrics.json", "plots/pr_curves.png"):
+        head = bucket.client.head_object(Bucket=bucket.bucket, Key=f"{prefix}/{name}", ChecksumMode="ENABLED")
+        assert base64.b64decode(head["ChecksumSHA256"]).hex() == manifest["files"][name]["sha256"]
+
+
+def test_a_retried_publish_after_a_complete_manifest_is_a_no_op(bucket: Bucket) -> None:
+    run = bucket.run("run-retry")
+    first = bucket.publish(run)
+    watcher = Storage(bucket.client)
+    log: list[str] = []
+    again = bucket.publish(run, storage=watcher, log=log)
+
+    assert again["reused"] and again["bundle_uri"] == first["bundle_uri"]
+    assert watcher.stats.bytes_written == 0
+    assert "nothing to copy" in log[0]
+    assert again["champion_update"] == "already"
+
+
+def test_an_interrupted_publish_leaves_no_manifest_and_the_rerun_completes_it(bucket: Bucket) -> None:
+    run = bucket.run("run-interrupted")
+    with pytest.raises(Killed):
+        bucket.publish(run, storage=CrashingStorage(bucket.client, crash_at=5))
+    bundle = f"{bucket.models_uri}/yolo_nas_s/run-interrupted"
+    partial = bucket.keys(bundle)
+    assert 0 < len(partial) < len(EXPECTED_FILES) and MANIFEST_FILE not in partial
+    assert bucket.champion() is None  # nothing was promoted either
+    with pytest.raises(StageInputError, match="incomplete"):
+        verify_bundle(bundle, storage=bucket.storage)
+
+    result = bucket.publish(run)
+    assert not result["reused"] and result["promoted"]
+    verify_bundle(bundle, storage=bucket.storage)
+    assert bucket.champion()["bundle_uri"] == bundle
+
+
+def test_a_tampered_file_fails_verification(bucket: Bucket) -> None:
+    result = bucket.publish(bucket.run("run-tampered"))
+    bucket.storage.write_text(f"{result['bundle_uri']}/metrics.json", "{}")
+    with pytest.raises(StageInputError, match=r"metrics\.json: sha256"):
+        verify_bundle(result["bundle_uri"], storage=bucket.storage)
+
+
+def test_the_gate_promotes_a_better_model_and_refuses_a_regressed_class(bucket: Bucket) -> None:
+    first = bucket.publish(bucket.run("run-1", 0.30))
+    assert first["promoted"] and first["champion_update"] == "updated"
+
+    better = bucket.publish(bucket.run("run-2", 0.35), promotion_margin=0.01)
+    assert better["promoted"] and bucket.champion()["bundle_uri"] == better["bundle_uri"]
+    assert bucket.champion()["previous"]["bundle_uri"] == first["bundle_uri"]
+
+    log: list[str] = []
+    regressed = bucket.run("run-3", 0.40, {"Coverall": 0.60, "Mask": 0.20})
+    refused = bucket.publish(regressed, log=log, promotion_margin=0.01, class_ap_tolerance=0.05)
+    assert not refused["promoted"] and refused["champion_update"] == "unchanged"
+    assert bucket.champion()["bundle_uri"] == better["bundle_uri"]
+    recorded = bucket.manifest(refused["bundle_uri"])["promotion"]
+    assert not recorded["promote"] and recorded["champion"]["run_id"] == "run-2"
+    assert any("'Mask'" in reason and "more than the tolerance" in reason for reason in recorded["reasons"])
+    assert any(line.startswith("promotion gate: KEEP CHAMPION") for line in log)  # in the task log too
+    verify_bundle(refused["bundle_uri"], storage=bucket.storage)  # refused, but still a complete bundle
+
+
+def test_a_crash_between_manifest_and_pointer_is_completed_by_the_retry(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = bucket.run("run-pointer")
+    real_write = promote.write_champion
+
+    def dies(*args: Any, **kwargs: Any) -> bool:
+        raise Killed("killed before the pointer write")
+
+    monkeypatch.setattr(promote, "write_champion", dies)
+    with pytest.raises(Killed):
+        bucket.publish(run)
+    bundle = f"{bucket.models_uri}/yolo_nas_s/run-pointer"
+    assert bucket.manifest(bundle)["promotion"]["promote"]  # decided and recorded...
+    assert bucket.champion() is None  # ...but not carried out
+
+    monkeypatch.setattr(promote, "write_champion", real_write)
+    result = bucket.publish(run)
+    assert result["reused"] and result["champion_update"] == "updated"
+    assert bucket.champion()["bundle_uri"] == bundle
+
+
+def test_bundle_names_must_be_unique(bucket: Bucket) -> None:
+    with pytest.raises(StageInputError, match="unique"):
+        publish_bundle(
+            {"a.json": bucket.dataset["manifest_uri"]},
+            destination_uri=f"{bucket.root}/dup",
+            metadata={},
+            storage=bucket.storage,
+            documents={"a.json": b"{}"},
+        )
+
+
+def test_the_operator_publishes_with_templated_thresholds(bucket: Bucket) -> None:
+    from yolonas_pipeline.operators.publish import PublishModelOperator
+
+    run = bucket.run("run-operator")
+    operator = PublishModelOperator(
+        task_id="publish",
+        dataset=run.dataset,
+        class_plan=run.class_plan,
+        train_result=run.train_result,
+        metrics=run.metrics,
+        models_uri=bucket.models_uri,
+        promotion_margin="0.01",  # as a rendered template gives it
+        class_ap_tolerance="0.05",
+    )
+    assert {"promotion_margin", "class_ap_tolerance", "gate"} <= set(operator.template_fields)
+    result = operator.execute({"run_id": "scheduled__2026-11-26T00:00:00+00:00", "params": {"epochs": 2}})
+    assert result["promoted"] and result["files"] == sorted(EXPECTED_FILES)
+    verify_bundle(result["bundle_uri"], storage=bucket.storage)
+
+    bad = PublishModelOperator(
+        task_id="bad",
+        dataset=run.dataset,
+        class_plan=run.class_plan,
+        train_result=run.train_result,
+        metrics=run.metrics,
+        models_uri=bucket.models_uri,
+        promotion_margin="a lot",
+    )
+    with pytest.raises(StageInputError, match="promotion_margin='a lot' is not a number"):
+        bad.execute({"run_id": "x", "params": {}})
