@@ -67,26 +67,34 @@ class MotoS3:
         return name
 
 
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[MotoS3]:
-    import boto3
-
+def start_moto_server(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server in its own process on a free loopback port, once it answers."""
     port = free_port()
     moto_server = Path(sys.executable).parent / "moto_server"
     process = subprocess.Popen(
-        [str(moto_server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
             urllib.request.urlopen(endpoint, timeout=2)
-            break
+            return process, endpoint
         except OSError:
             if time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError("moto_server did not start") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    import boto3
+
+    process, endpoint = start_moto_server()
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,

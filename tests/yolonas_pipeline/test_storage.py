@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from conftest import MotoS3, free_port
+from conftest import MotoS3, start_moto_server
 
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.storage import Storage, join_uri, split_s3_uri
@@ -66,17 +62,9 @@ def test_missing_objects_are_named(root: tuple[Storage, str]) -> None:
 def authenticating_s3() -> Iterator[tuple[str, dict[str, str]]]:
     """A moto server that checks signatures against IAM after its first four requests (readiness probe and
     the IAM setup below)."""
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    # The readiness probe in start_moto_server is the first of the four.
+    server, endpoint = start_moto_server({**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"})
     try:
-        _wait(endpoint)
         setup = {
             "endpoint_url": endpoint,
             "region_name": "us-east-1",
@@ -94,18 +82,6 @@ def authenticating_s3() -> Iterator[tuple[str, dict[str, str]]]:
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-def _wait(endpoint: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_refused_credentials_say_where_to_fix_them(authenticating_s3: tuple[str, dict[str, str]]) -> None:
