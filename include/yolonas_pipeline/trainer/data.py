@@ -6,7 +6,6 @@ validation and evaluation use the seed's deterministic transforms, which define 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -35,19 +34,18 @@ from super_gradients.training.transforms.utils import (
 from super_gradients.training.utils.collate_fn import DetectionCollateFN
 from torch.utils.data import DataLoader
 
+from yolonas_pipeline import materialize
 from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.storage import Storage
 from yolonas_pipeline.trainer import speed
 
-MANIFEST_FILE = "manifest.json"
 #: Batches each loader worker prepares ahead (torch's default is 2): absorbs slow images (large JPEGs).
 PREFETCH_BATCHES = 4
 
 
 def read_manifest(dataset_dir: Path) -> dict[str, Any]:
-    path = dataset_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise StageInputError(f"{path} is missing: the dataset export is incomplete or the dataset URI is wrong")
-    return json.loads(path.read_text())
+    """The downloaded export's manifest, checked by the materialize stage's own reader (format, completeness)."""
+    return materialize.read_manifest(str(dataset_dir), storage=Storage())
 
 
 def eval_split(manifest: dict[str, Any], requested: str = "auto") -> str:
