@@ -1,8 +1,7 @@
 """What makes training fast without changing what it learns: CPU budget, loader workers, GPU-side input prep.
 
-- **Workers from the pod's CPUs**: ``os.cpu_count()`` reports the node's CPUs, not the pod's; the budget is the
-  CPU affinity mask, capped by the cgroup CPU quota (what a Kubernetes CPU limit sets), split among the
-  processes torchrun started on this node.
+- **Workers from the pod's CPUs**: the budget is :func:`yolonas_pipeline.cpus.available_cpus` (the affinity mask
+  capped by the cgroup CPU quota, not ``os.cpu_count()``), split among the processes torchrun started on this node.
 - **uint8 batches, standardized on the device**: the training transforms stop before the seed's
   ``DetectionStandardize`` (divide by 255) and hand over uint8 HWC images; :class:`DevicePrep` divides on the
   GPU instead. A quarter of the bytes to collate, pin and copy; the values the model sees are the same.
@@ -12,47 +11,15 @@
 
 from __future__ import annotations
 
-import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from yolonas_pipeline.cpus import available_cpus
+
 #: Upper bound for auto-sized loaders: past this, more workers only cost memory (each holds the dataset index).
 MAX_AUTO_WORKERS = 16
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs allowed by the cgroup quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``); None when unlimited."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
-    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-        try:
-            quota_us = int((root / folder / "cpu.cfs_quota_us").read_text())
-            period_us = int((root / folder / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
-    return None
-
-
-def available_cpus(root: Path = CGROUP_ROOT) -> int:
-    """CPUs this process may use: the affinity mask, capped by the cgroup quota (rounded up), at least 1."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    quota = cgroup_cpu_quota(root)
-    if quota is not None:
-        cpus = min(cpus, math.ceil(quota))
-    return max(1, cpus)
 
 
 def local_world_size() -> int:
