@@ -3,12 +3,12 @@
 For each dataset size it builds (once) a cppe-5-like dataset with ../shared/bench/make_cppe5_like_dataset.py,
 warms the page cache, and runs each way in a fresh process on an empty output folder, printing images/s,
 the ratios and peak RSS. Then it re-encodes part of the dataset as PNG and times the materializer's
-conversion path with one process against the process pool.
+conversion path with ``workers=1`` (one process) against ``workers=2`` (it and one worker process).
 
 Usage (from the repository root, in the Airflow venv, which has ``datasets``)::
 
     PYTHONPATH=include .venvs/airflow/bin/python bench/materialize.py \\
-        [--sizes 3000 30000] [--seed-max 3000] [--png-images 600] [--repeats 3] [--out-dir /dev/shm]
+        [--sizes 3000 30000] [--seed-max 3000] [--png-images 600] [--png-only] [--repeats 3] [--out-dir /dev/shm]
 
 The seed way needs OpenCV; when this interpreter lacks it, the trainer venv's ``cv2`` is borrowed.
 """
@@ -67,24 +67,27 @@ with __import__("tempfile").TemporaryDirectory() as cache:
 """
 
 
-# How much faster two processes are than one on this machine right now, on pure CPU work (PNG decode + JPEG
-# encode, no I/O): the ceiling for any 2-worker pool. On a shared machine with autogroup scheduling, other
-# sessions' load caps it well below 2.
+# How much faster two processes are than one on this machine right now, on the same conversions with no I/O
+# and no coordination (the first images of the PNG source, converted from memory by convert_one): the
+# ceiling for any 2-process conversion. On a shared machine, other sessions' load caps it well below 2.
 SCALING_PROBE = """
-import io, time, numpy as np
+import sys, time
 from concurrent.futures import ProcessPoolExecutor
-from PIL import Image
-def work(n):
-    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
-    b = io.BytesIO(); im.save(b, "PNG"); data = b.getvalue()
-    for _ in range(n):
-        Image.open(io.BytesIO(data)).convert("RGB").save(io.BytesIO(), "JPEG", quality=95)
+def work(args):
+    import pyarrow as pa
+    from yolonas_pipeline.materialize_images import convert_one, inspect_image
+    path, n = args
+    with pa.memory_map(path) as source:
+        images = pa.ipc.open_stream(source).read_next_batch().column("image").field("bytes").to_pylist()[:n]
+    for data in images:
+        plan = inspect_image(data, None)
+        convert_one(plan.action, data, plan.orientation, plan.output_size)
 if __name__ == "__main__":
-    n = 40
-    t = time.time(); work(n); one = time.time() - t
+    job = (sys.argv[1], 60)
     with ProcessPoolExecutor(2) as ex:
-        list(ex.map(work, [1, 1]))
-        t = time.time(); list(ex.map(work, [n, n])); two = time.time() - t
+        list(ex.map(work, [(sys.argv[1], 1)] * 2))  # imports done in both workers
+        t = time.time(); list(ex.map(work, [job])); one = time.time() - t
+        t = time.time(); list(ex.map(work, [job, job])); two = time.time() - t
     print('{"speedup": %.3f}' % (one * 2 / two))
 """
 
@@ -152,11 +155,52 @@ def _dataset(data_dir: Path, size: int) -> Path:
     return path
 
 
+def _png_dataset(data_dir: Path, size: int, count: int) -> Path:
+    """The first ``count`` images of the cppe-5-like dataset re-encoded as PNG (built once, then reused)."""
+    path = data_dir / f"png{count}-of-{_dataset(data_dir, size).name}"
+    if not (path / "state.json").is_file():
+        print(f"building {path} ({count} PNG images)...", flush=True)
+        subprocess.run(
+            [sys.executable, "-c", PNG_VARIANT, str(_dataset(data_dir, size)), str(path), str(count)],
+            check=True,
+            capture_output=True,
+            env=_env(),
+        )
+    return path
+
+
+def _png_rounds(png: Path, out_root: Path, rounds: int) -> dict[str, Any]:
+    """``workers=1`` (this process converts) against ``workers=2`` (it and one worker process), in rounds
+    whose order alternates, so that a drift in the machine's speed hits both alike; each round also probes
+    what two processes gain on this machine right then, with no I/O and no coordination."""
+    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    ratios, probes = [], []
+    for round_index in range(rounds):
+        arrow = str(next(png.glob("*.arrow")))
+        probe = subprocess.run([sys.executable, "-c", SCALING_PROBE, arrow], capture_output=True, text=True, env=_env())
+        probes.append(_json_line(probe.stdout)["speedup"])
+        got = {}
+        for workers in (1, 2) if round_index % 2 == 0 else (2, 1):
+            out = out_root / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            got[workers] = _run([sys.executable, "-c", OURS, str(png), str(out), str(workers)], _env())
+            runs[str(workers)].append(got[workers])
+        ratios.append(got[2]["img_s"] / got[1]["img_s"])
+        print(
+            f"  round {round_index + 1}: workers=1 {got[1]['img_s']:>7,.1f} images/s (CPU {got[1]['cpu_s']:.2f} s), "
+            f"workers=2 {got[2]['img_s']:>7,.1f} images/s (CPU {got[2]['cpu_s']:.2f} s) = {ratios[-1]:.2f}x; "
+            f"machine's 2-process speedup {probes[-1]:.2f}x; load {got[1]['load_before']:.1f}",
+            flush=True,
+        )
+    best = {workers: max(r["img_s"] for r in results) for workers, results in runs.items()}
+    return {"runs": runs, "ratios": ratios, "probes": probes, "best": best}
+
+
 def _three_ways(
     src: Path, out_root: Path, cv2_path: Path | None, repeats: int, with_seed: bool
 ) -> dict[str, dict[str, Any]]:
     """Best of ``repeats`` interleaved rounds (floor, ours, floor, ours, ...), so that load from elsewhere
-    on the machine hits both alike; the seed way, slow and steady, runs once."""
+    on the machine hits both alike, after one untimed run; the seed way, slow and steady, runs once."""
     ways = {
         "raw-bytes floor": [sys.executable, str(SHARED_BENCH / "materialize_raw_bytes_floor.py"), str(src)],
         "materialize": [sys.executable, "-c", OURS, str(src)],
@@ -164,6 +208,12 @@ def _three_ways(
     if with_seed:
         ways["seed way"] = [sys.executable, str(SHARED_BENCH / "materialize_seed_way.py"), str(src)]
     results: dict[str, dict[str, Any]] = {}
+    # An untimed run first: on a disk, the first run into a fresh folder is the only one not slowed by the
+    # deletion of the previous run's files (5x on this machine's ext4), and it would go to whichever way ran first.
+    out = out_root / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    _run([*ways["raw-bytes floor"], str(out)], _env())
+    shutil.rmtree(out, ignore_errors=True)
     for round_index in range(repeats):
         for name, cmd in ways.items():
             if name == "seed way" and round_index:
@@ -191,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000])
     parser.add_argument("--data-dir", type=Path, default=REPO / ".data" / "bench")
     parser.add_argument("--png-images", type=int, default=600, help="PNG images for the pool comparison (0: skip)")
+    parser.add_argument("--png-only", action="store_true", help="only the PNG comparison (no JPEG ways)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the fast ways; the best counts")
     parser.add_argument(
         "--seed-max", type=int, default=None, help="run the seed way only on sizes up to this (default: all)"
@@ -206,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2_path = _cv2_path(work)
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "out_dir": str(args.out_dir or args.data_dir), "sizes": {}}
     try:
-        for size in args.sizes:
+        for size in [] if args.png_only else args.sizes:
             src = _dataset(args.data_dir, size)
             _warm(src)
             print(
@@ -216,62 +267,36 @@ def main(argv: list[str] | None = None) -> int:
             with_seed = args.seed_max is None or size <= args.seed_max
             figures["sizes"][str(size)] = _three_ways(src, out_root, cv2_path, args.repeats, with_seed)
         if args.png_images:
-            png = work / "png"
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    PNG_VARIANT,
-                    str(_dataset(args.data_dir, args.sizes[0])),
-                    str(png),
-                    str(args.png_images),
-                ],
-                check=True,
-                capture_output=True,
-                env=_env(),
-            )
+            png = _png_dataset(args.data_dir, args.sizes[0], args.png_images)
             _warm(png)
             print(f"PNG source, {args.png_images} images (conversion to JPEG):")
-            pool: dict[str, Any] = {}
-            probes = []
-            for workers in (1, 2) * args.repeats:
-                if workers == 1:
-                    probe = subprocess.run([sys.executable, "-c", SCALING_PROBE], capture_output=True, text=True)
-                    probes.append(_json_line(probe.stdout)["speedup"])
-                    print(f"  machine: 2 processes {probes[-1]:.2f}x one on pure CPU work right now")
-                out = out_root / "out"
-                shutil.rmtree(out, ignore_errors=True)
-                got = _run([sys.executable, "-c", OURS, str(png), str(out), str(workers)], _env())
-                if str(workers) not in pool or got["img_s"] > pool[str(workers)]["img_s"]:
-                    pool[str(workers)] = got
-                label = "one process" if workers == 1 else f"pool of {workers}"
-                cpu, load = got["cpu_s"], got["load_before"]
-                print(f"  {label:16s} {got['img_s']:>9,.1f} images/s  CPU {cpu:>6.2f} s  load {load:.1f}")
-            figures["png"] = pool
-            figures["png_machine_speedup"] = probes
+            figures["png"] = _png_rounds(png, out_root, max(args.repeats, 5))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if out_root != work:
             shutil.rmtree(out_root, ignore_errors=True)
 
     print("\nSummary")
-    print(
-        "| images | seed way img/s | raw-bytes floor img/s | materialize img/s | vs seed | vs floor "
-        "| CPU s seed / floor / ours | peak RSS MB seed / floor / ours |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    seed_rate = next((w["seed way"]["img_s"] for w in figures["sizes"].values() if "seed way" in w), None)
-    for size, ways in figures["sizes"].items():
-        floor, ours = ways["raw-bytes floor"], ways["materialize"]
-        seed = ways.get("seed way")
-        rate = seed["img_s"] if seed else seed_rate  # the seed way's rate does not depend on size
-        vs_seed = f"{ours['img_s'] / rate:.1f}x" + ("" if seed else " (seed rate of the smaller run)") if rate else "-"
+    if figures["sizes"]:
         print(
-            f"| {int(size):,} | {seed['img_s'] if seed else '-'} | {floor['img_s']:,.0f} | {ours['img_s']:,.0f} | "
-            f"{vs_seed} | {ours['img_s'] / floor['img_s']:.0%} | "
-            f"{seed['cpu_s'] if seed else '-'} / {floor['cpu_s']} / {ours['cpu_s']} | "
-            f"{seed['rss_mb'] if seed else '-'} / {floor['rss_mb']} / {ours['rss_mb']} |"
+            "| images | seed way img/s | raw-bytes floor img/s | materialize img/s | vs seed | vs floor "
+            "| CPU s seed / floor / ours | peak RSS MB seed / floor / ours |"
         )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        seed_rate = next((w["seed way"]["img_s"] for w in figures["sizes"].values() if "seed way" in w), None)
+        for size, ways in figures["sizes"].items():
+            floor, ours = ways["raw-bytes floor"], ways["materialize"]
+            seed = ways.get("seed way")
+            rate = seed["img_s"] if seed else seed_rate  # the seed way's rate does not depend on size
+            vs_seed = (
+                f"{ours['img_s'] / rate:.1f}x" + ("" if seed else " (seed rate of the smaller run)") if rate else "-"
+            )
+            print(
+                f"| {int(size):,} | {seed['img_s'] if seed else '-'} | {floor['img_s']:,.0f} | {ours['img_s']:,.0f} | "
+                f"{vs_seed} | {ours['img_s'] / floor['img_s']:.0%} | "
+                f"{seed['cpu_s'] if seed else '-'} / {floor['cpu_s']} / {ours['cpu_s']} | "
+                f"{seed['rss_mb'] if seed else '-'} / {floor['rss_mb']} / {ours['rss_mb']} |"
+            )
     sizes = list(figures["sizes"])
     if len(sizes) >= 2:
         low, high = figures["sizes"][sizes[0]]["materialize"], figures["sizes"][sizes[-1]]["materialize"]
@@ -280,11 +305,14 @@ def main(argv: list[str] | None = None) -> int:
             f"({high['rss_mb'] / low['rss_mb'] - 1:+.1%})"
         )
     if "png" in figures:
-        one, two = figures["png"]["1"]["img_s"], figures["png"]["2"]["img_s"]
-        print(f"PNG conversion: pool of 2 {two:,.1f} vs one process {one:,.1f} images/s = {two / one:.2f}x (best runs)")
-        probes = figures.get("png_machine_speedup") or []
-        if probes:
-            print(f"machine's own 2-process speedup during those runs: {', '.join(f'{p:.2f}x' for p in probes)}")
+        png = figures["png"]
+        one, two = png["best"]["1"], png["best"]["2"]
+        ratios = sorted(png["ratios"])
+        print(
+            f"PNG conversion, workers=2 vs workers=1: best runs {two:,.1f} vs {one:,.1f} images/s = {two / one:.2f}x; "
+            f"per round {', '.join(f'{r:.2f}x' for r in png['ratios'])} (median {ratios[len(ratios) // 2]:.2f}x); "
+            f"machine's own 2-process speedup {', '.join(f'{p:.2f}x' for p in png['probes'])}"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -93,6 +93,9 @@ def start_moto_server(env: dict[str, str] | None = None) -> tuple[subprocess.Pop
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[MotoS3]:
     import boto3
+    from botocore.config import Config
+
+    from yolonas_pipeline.storage import DEFAULT_TRANSFER_WORKERS
 
     process, endpoint = start_moto_server()
     client = boto3.client(
@@ -101,6 +104,8 @@ def moto_s3() -> Iterator[MotoS3]:
         aws_access_key_id=TEST_ACCESS_KEY,
         aws_secret_access_key=TEST_SECRET_KEY,
         region_name="us-east-1",
+        # as sized by storage.default_s3_client: one connection per concurrent transfer, no discarded sockets
+        config=Config(max_pool_connections=2 * DEFAULT_TRANSFER_WORKERS),
     )
     server = MotoS3(endpoint_url=endpoint, bucket="yolonas-test", client=client)
     client.create_bucket(Bucket=server.bucket)

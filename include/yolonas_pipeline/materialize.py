@@ -9,7 +9,7 @@ The export lands under ``<output_uri>/<fingerprint>/`` (local folder or ``s3://`
 
 The fingerprint hashes the source content (or hub commit) and every setting that changes the output, so a
 second run with the same inputs finds the manifest and does nothing. Rows stream through in bounded
-batches; image conversions (non-JPEG, EXIF-rotated, downscaled) run in a process pool and writes in a
+batches; image conversions (non-JPEG, EXIF-rotated, downscaled) run in worker processes and writes in a
 thread pool, and results are committed in row order, so ids and the COCO JSON are byte-identical on rerun.
 """
 
@@ -26,11 +26,12 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from yolonas_pipeline.cpus import available_cpus
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize_images import (
     CONVERT,
@@ -38,10 +39,14 @@ from yolonas_pipeline.materialize_images import (
     JPEG_QUALITY,
     PASSTHROUGH,
     VERIFY,
+    ConversionJob,
+    ConversionResult,
     ImagePlan,
+    ImageSource,
     convert_chunk,
     inspect_image,
 )
+from yolonas_pipeline.materialize_pool import ConversionPool
 from yolonas_pipeline.materialize_schema import (
     PRESETS,
     BoxStats,
@@ -78,8 +83,11 @@ MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
 OUTPUT_SPLITS = ("train", "validation", "test")
 PROGRESS_EVERY_S = 5.0
-#: Rows converted per process-pool task: enough to amortise pickling, few enough to keep workers busy.
+#: Rows converted per conversion task: enough to amortise the pipe round trip, few enough to balance the load.
 CONVERT_CHUNK = 4
+#: Chunks queued per conversion worker before this process converts the next chunk itself: enough that a
+#: worker does not run dry while this process converts one chunk (~30 ms for 640x480 PNGs).
+WORKER_QUEUE_DEPTH = 4
 #: Bounds on rows read but not yet committed; they hold image bytes, so they bound memory.
 MAX_ROWS_IN_FLIGHT = 512
 #: Plus 8 MiB per conversion worker: a few chunks queued per worker keep the pool busy.
@@ -98,9 +106,11 @@ class MaterializeRequest:
     """What to export and how.
 
     ``streaming`` only matters for hub datasets (local files are always read batch by batch). ``workers``
-    sizes the process pool that converts non-JPEG, EXIF-rotated and downscaled images (0 or 1: convert in
-    this process); the pool starts only when a conversion is needed and uses the ``forkserver`` start
-    method, so a script that calls :func:`materialize` needs the usual ``if __name__ == "__main__":`` guard.
+    is how many processes convert non-JPEG, EXIF-rotated and downscaled images, this one included (0 or 1:
+    only this one; default: the CPUs this process may use, see :mod:`yolonas_pipeline.cpus`); the others
+    start only when a conversion is needed and import nothing of the caller's
+    ``__main__`` (see :mod:`yolonas_pipeline.materialize_pool`), so no ``if __name__ == "__main__":``
+    guard is needed.
     """
 
     source: str  # hub dataset name, local save_to_disk folder, or parquet/arrow file(s)/glob
@@ -112,7 +122,7 @@ class MaterializeRequest:
     seed: int = 0
     max_side: int | None = None
     streaming: bool = False
-    workers: int | None = None  # process pool size for conversions; default os.cpu_count()
+    workers: int | None = None  # processes converting images, this one included; default: the CPUs it may use
 
 
 @dataclass
@@ -428,9 +438,9 @@ class _Row:
     categories: Any
     source_id: Any
     drop: str | None = None
-    future: Future[list[tuple[str, Any]]] | None = None
+    future: Future[list[ConversionResult]] | None = None
     slot: int = 0
-    result: tuple[str, Any] | None = None
+    result: ConversionResult | None = None
 
 
 class _Progress:
@@ -534,9 +544,9 @@ class _Exporter:
         self.tmpdir = tmpdir
         self.class_names = list(schema.class_names)
         self.name_to_index = {n: i for i, n in enumerate(self.class_names)} if schema.category_is_str else None
-        workers = request.workers if request.workers is not None else (os.cpu_count() or 1)
+        workers = request.workers if request.workers is not None else available_cpus()
         self.workers = max(0, int(workers))
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ConversionPool | None = None
         self._max_bytes = MAX_BYTES_IN_FLIGHT + (8 << 20) * self.workers
         s3 = is_s3_uri(dataset_uri)
         self.writes = _WritePool(
@@ -652,30 +662,31 @@ class _Exporter:
         return head.future is not None and head.future.done()  # not yet submitted: not ready either
 
     def _queue_conversion(self, row: _Row) -> None:
-        assert row.plan is not None and row.data is not None
-        if self.workers <= 1:  # in-process: no pool start-up, no pickling
-            row.result = convert_chunk([(row.plan.action, row.data, row.plan.orientation, row.plan.output_size)])[0]
-            return
         self._chunk.append(row)
         if len(self._chunk) >= CONVERT_CHUNK:
             self._flush_chunk()
 
     def _flush_chunk(self) -> None:
+        """Hand the rows gathered so far to a conversion worker, or convert them here.
+
+        ``workers`` counts this process: it converts a chunk itself whenever every worker already has
+        ``WORKER_QUEUE_DEPTH`` chunks queued, so N processes keep N cores busy with nothing idle while the
+        workers start, and no (N+1)th process competes for the cores and their caches.
+        """
         if not self._chunk:
             return
-        if self._pool is None:
-            import multiprocessing
-
-            # Not fork: this process runs writer threads and Arrow's thread pool, and a child forked while
-            # another thread holds a lock can deadlock. forkserver starts one clean server process and forks
-            # the workers from it, so the (possibly heavy) __main__ of the host is imported once, not per worker.
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
-        jobs = [(r.plan.action, _job_source(r), r.plan.orientation, r.plan.output_size) for r in self._chunk if r.plan]
-        future = self._pool.submit(convert_chunk, jobs)
-        for slot, row in enumerate(self._chunk):
+        chunk, self._chunk = self._chunk, []
+        future = None
+        if self.workers > 1:
+            if self._pool is None:  # started by the first image that needs converting: JPEG-only exports never pay
+                self._pool = ConversionPool(self.workers - 1)
+            future = self._pool.try_submit([_job(r, by_reference=True) for r in chunk], max_queued=WORKER_QUEUE_DEPTH)
+        if future is None:
+            for row, result in zip(chunk, convert_chunk([_job(r, by_reference=False) for r in chunk]), strict=True):
+                row.result = result
+            return
+        for slot, row in enumerate(chunk):
             row.future, row.slot = future, slot
-        self._chunk = []
 
     def _commit(self, row: _Row) -> None:
         """Finish one row in source order: decide drops, convert boxes, write the image, append the JSON."""
@@ -687,8 +698,9 @@ class _Exporter:
         if row.result is None and row.drop is None:
             if row.future is None:
                 self._flush_chunk()
-            assert row.future is not None
-            row.result = row.future.result()[row.slot]
+            if row.result is None:
+                assert row.future is not None
+                row.result = row.future.result()[row.slot]
         if row.drop is None and row.result is not None and row.result[0] == CORRUPT:
             row.drop = "corrupt_image"
         if row.drop is not None:
@@ -724,7 +736,7 @@ class _Exporter:
 
     def close(self, ok: bool) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=ok, cancel_futures=not ok)
+            self._pool.close(wait=ok)
         if ok:
             self.writes.finish()
         else:
@@ -733,12 +745,14 @@ class _Exporter:
             writer.close()
 
 
-def _job_source(row: _Row) -> bytes | tuple[str, int, int]:
-    """What a worker needs to get the image: where it lies in a source file, else the bytes themselves."""
-    if row.ref is not None and row.data is not None:
-        origin, offset = row.ref
-        return (origin.path, offset, len(row.data))
-    return bytes(row.data or b"")
+def _job(row: _Row, *, by_reference: bool) -> ConversionJob:
+    """One row's conversion job. For a worker, the image is where it lies in a source file when it lies in
+    one (the worker reads it itself: nothing large goes through the pipe), else its bytes."""
+    assert row.plan is not None and row.data is not None
+    source: ImageSource = row.data
+    if by_reference:
+        source = (row.ref[0].path, row.ref[1], len(row.data)) if row.ref is not None else bytes(row.data)
+    return (row.plan.action, source, row.plan.orientation, row.plan.output_size)
 
 
 def _read_path(path: str | None) -> bytes | None:

@@ -641,6 +641,39 @@ def test_s3_output_matches_local_and_is_reused(moto_s3: Any, tmp_path: Path, sam
     assert again.reused and again.to_dict() | {"reused": False} == result.to_dict()
 
 
+def test_default_workers_follow_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[int] = []
+
+    class RecordingPool(materialize_module.ConversionPool):
+        def __init__(self, workers: int) -> None:
+            started.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(materialize_module, "available_cpus", lambda: 3)  # e.g. a 3-CPU pod on a 64-core node
+    monkeypatch.setattr(materialize_module, "ConversionPool", RecordingPool)
+    images = list(_non_jpeg_images().values())
+    cols = objects_rows(images, [[[1, 1, 20, 20]]] * len(images), [[0]] * len(images))
+    source = save_splits(tmp_path / "src", {"train": cols, "validation": cols}, objects_features())
+    materialize(MaterializeRequest(str(source), str(tmp_path / "out")), storage=Storage())
+    assert started == [2]  # this process and two workers
+
+
+def test_converted_images_reach_s3_from_the_worker_processes(moto_s3: Any, tmp_path: Path) -> None:
+    images = list(_non_jpeg_images().values()) * 6  # enough chunks for this process and two workers
+    cols = objects_rows(images, [[[1, 1, 20, 20]]] * len(images), [[0]] * len(images))
+    source = save_splits(tmp_path / "src", {"train": cols, "validation": cols}, objects_features())
+    local = run(source, tmp_path / "local", workers=0)
+    storage = Storage(moto_s3.client)
+    result = materialize(
+        MaterializeRequest(str(source), f"s3://{moto_s3.new_bucket()}/exports", workers=3), storage=storage
+    )
+    assert result.fingerprint == local.fingerprint  # the worker count is not part of what is exported
+    for path in Path(local.dataset_uri).rglob("*"):
+        if path.is_file() and path.name != "report.json":  # the report holds timings
+            relative = path.relative_to(local.dataset_uri).as_posix()
+            assert storage.read_bytes(f"{result.dataset_uri}/{relative}") == path.read_bytes(), relative
+
+
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
@@ -734,6 +767,45 @@ def test_fast_jpeg_header_agrees_with_pil(monkeypatch: pytest.MonkeyPatch) -> No
             patched.setattr(materialize_images, "_pil_header", None)
             assert inspect_image(view, None) == expected, name
     assert jpeg_header(b"\xff\xd8\xff\xda\x00\x02") is None  # scan before frame header: left to PIL
+
+
+def test_fast_png_header_agrees_with_pil(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    from PIL import PngImagePlugin
+
+    from yolonas_pipeline import materialize_images
+    from yolonas_pipeline.materialize_images import CONVERT, inspect_image, png_size
+
+    rgb = Image.fromarray(np.random.default_rng(2).integers(0, 255, (20, 40, 3), dtype=np.uint8))
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "x" * 3000)
+    variants = {
+        "rgb": encoded(rgb, "PNG"),
+        "rgba": encoded(rgb.convert("RGBA"), "PNG"),
+        "grey": encoded(rgb.convert("L"), "PNG"),
+        "16bit": encoded(Image.fromarray(np.full((20, 40), 900, dtype=np.uint16)), "PNG"),
+        "palette": encoded(rgb.convert("P"), "PNG"),
+        "text-chunks": encoded(rgb, "PNG", pnginfo=text),
+    }
+    for name, data in variants.items():
+        assert png_size(data) == (40, 20), name
+        with monkeypatch.context() as patched:  # PIL's answer, from the header PIL reads
+            patched.setattr(materialize_images, "png_size", lambda data: None)
+            expected = inspect_image(data, 16)
+        assert expected.action == CONVERT and expected.output_size == (16, 8), name
+        with monkeypatch.context() as patched:  # the fast parser must handle it: PIL is not asked
+            patched.setattr(materialize_images, "_pil_header", None)
+            assert inspect_image(memoryview(pa.py_buffer(data)), 16) == expected, name
+
+    # an eXIf chunk may carry an orientation: left to PIL, which applies it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encoded(rgb, "PNG", exif=exif.tobytes())
+    assert png_size(rotated) is None
+    plan = inspect_image(rotated, None)
+    assert (plan.orientation, plan.source_size) == (6, (20, 40))
+    assert png_size(variants["rgb"][:40]) is None  # cut before its image data: PIL decides (and refuses)
+    assert inspect_image(variants["rgb"][:40], None).action == "corrupt"
 
 
 def test_write_falls_back_when_sendfile_is_refused(
