@@ -3,8 +3,11 @@ API server, triggerer) on loopback; a run triggered over the REST API goes to su
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import free_port
@@ -33,11 +36,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         assert embedded.running("airflow") is None and embedded.running("s3") is None
 
 
-def test_run_triggered_over_rest_succeeds_through_the_scheduler(stack: Embedded, sample_dataset: Path) -> None:
+@pytest.fixture(scope="module")
+def png_dataset(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample dataset with every image stored as PNG: the materializer must convert each one."""
+    from datasets import Image as ImageFeature
+    from datasets import load_from_disk
+    from PIL import Image
+
+    def to_png(row: dict[str, Any]) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(row["image"]["bytes"])).save(buffer, format="PNG")
+        row["image"] = {"bytes": buffer.getvalue(), "path": None}
+        return row
+
+    destination = tmp_path_factory.mktemp("png") / "cppe5-png"
+    dataset = load_from_disk(str(sample_dataset))
+    dataset.cast_column("image", ImageFeature(decode=False)).map(to_png).cast_column(
+        "image", ImageFeature()
+    ).save_to_disk(str(destination))
+    return destination
+
+
+def test_run_triggered_over_rest_succeeds_through_the_scheduler(stack: Embedded, png_dataset: Path) -> None:
     api = stack.api()
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
-    run_id = api.trigger(DAG_ID, {"dataset_source": str(sample_dataset), **SMALL_RUN})
+    # PNG images: the materialize task starts its conversion workers inside Airflow's task process
+    run_id = api.trigger(DAG_ID, {"dataset_source": str(png_dataset), **SMALL_RUN})
 
     state = api.follow(DAG_ID, run_id, timeout=900, echo=False)
 
@@ -46,6 +71,11 @@ def test_run_triggered_over_rest_succeeds_through_the_scheduler(stack: Embedded,
     assert tasks == dict.fromkeys(
         ["materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"], "success"
     )
+    report_uri = api.xcom(DAG_ID, run_id, "materialize")["report_uri"]
+    report_key = report_uri.split(f"s3://{stack.bucket}/", 1)[1]
+    report = json.loads(stack.s3_client().get_object(Bucket=stack.bucket, Key=report_key)["Body"].read())
+    for split in report["splits"].values():
+        assert split["converted"] == split["images"] > 0 and split["passthrough_jpeg"] == 0, split
     bundle = api.xcom(DAG_ID, run_id, "publish")
     keys = [o["Key"] for o in stack.s3_client().list_objects_v2(Bucket=stack.bucket)["Contents"]]
     assert bundle["manifest_uri"].split(f"s3://{stack.bucket}/", 1)[1] in keys
