@@ -6,7 +6,7 @@ reads chunks of jobs from one pipe and writes their results to another.
 Why not ``concurrent.futures.ProcessPoolExecutor``: its spawn and forkserver workers re-import the host's
 ``__main__`` (under Airflow that is the ``airflow`` CLI and everything it imports; from ``python -`` or an
 unguarded script it is a crash), and with a ``__main__`` that imports ``datasets``, its forkserver workers
-began their first image 0.45-0.5 s after the export started; these begin theirs after ~0.2 s. The caller
+began their first image 0.45-0.5 s after the export started; these begin theirs after 0.2-0.3 s. The caller
 (``materialize``) converts too whenever every worker has enough queued, so ``workers=N`` is N processes
 on N cores. Measured in BENCHMARKS.md ("PNG source").
 
