@@ -175,8 +175,8 @@ def _png_rounds(png: Path, out_root: Path, rounds: int) -> dict[str, Any]:
     what two processes gain on this machine right then, with no I/O and no coordination."""
     runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
     ratios, probes = [], []
+    arrow = str(next(png.glob("*.arrow")))
     for round_index in range(rounds):
-        arrow = str(next(png.glob("*.arrow")))
         probe = subprocess.run([sys.executable, "-c", SCALING_PROBE, arrow], capture_output=True, text=True, env=_env())
         probes.append(_json_line(probe.stdout)["speedup"])
         got = {}

@@ -50,7 +50,7 @@ def png_dataset(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
         return row
 
     destination = tmp_path_factory.mktemp("png") / "cppe5-png"
-    dataset = load_from_disk(str(sample_dataset))
+    dataset = load_from_disk(str(sample_dataset), keep_in_memory=True)  # no cache files in the shared fixture
     dataset.cast_column("image", ImageFeature(decode=False)).map(to_png).cast_column(
         "image", ImageFeature()
     ).save_to_disk(str(destination))
