@@ -27,51 +27,44 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 
 from yolonas_pipeline import settings
 from yolonas_pipeline.callbacks import log_failure
-from yolonas_pipeline.drift import FEATURES
-from yolonas_pipeline.materialize_schema import PRESETS
 from yolonas_pipeline.operators import MaterializeDatasetOperator
 from yolonas_pipeline.operators.drift import (
     DATASET_SOURCE_ASSET_NAME,
-    NO_CHAMPION_POLICIES,
     DetectDriftOperator,
     EmitDriftEventOperator,
     dataset_source_asset,
     drift_asset,
     drift_root,
-    json_from_env,
-    run_settings,
     schedule_from_env,
 )
+from yolonas_pipeline.operators.run import resolve_run_settings
+from yolonas_pipeline.run_settings import DriftSettings, defaults_with, form_params, json_from_env
 
 log = logging.getLogger(__name__)
 config = settings.load()
-DRIFT_ASSET = drift_asset(config)
-SOURCE_ASSET = dataset_source_asset()
-
-
-def run_settings_macro(params: dict[str, Any], triggering_asset_events: Any) -> dict[str, Any]:
-    """The form's values, overridden by a ``yolonas_dataset_source`` event's ``conf`` when one started the run."""
-    return run_settings(params, triggering_asset_events, form=dag.params, asset_name=DATASET_SOURCE_ASSET_NAME)
-
-
-def setting(key: str, *, empty: str | None = None) -> str:
-    expression = f"run_settings(params, triggering_asset_events)[{key!r}]"
-    return "{{ " + expression + (f" or {empty}" if empty is not None else "") + " }}"
-
+DEFAULTS = defaults_with(
+    DriftSettings,
+    {
+        "dataset_source": config.sample_dataset or "cppe-5",
+        "publish_bucket": config.bucket,
+        "drift_config": json_from_env("YOLONAS_DRIFT_CONFIG"),
+        "retrain_conf": json_from_env("YOLONAS_DRIFT_RETRAIN_CONF"),
+    },
+    origin="YOLONAS_DRIFT_CONFIG / YOLONAS_DRIFT_RETRAIN_CONF",
+)
+on_failure = log_failure(drift_root(config))
 
 with DAG(
     dag_id="yolonas_drift",
     description="Compare the newest dataset revision with the champion's training data; retrain on drift",
     doc_md=__doc__,
-    schedule=schedule_from_env("YOLONAS_DRIFT_SCHEDULE", "0 4 * * *", SOURCE_ASSET),
+    schedule=schedule_from_env("YOLONAS_DRIFT_SCHEDULE", "0 4 * * *", dataset_source_asset()),
     catchup=False,
     max_active_runs=1,
-    render_template_as_native_obj=True,
-    user_defined_macros={"run_settings": run_settings_macro},
     tags=["yolo-nas", "drift", "monitoring"],
     default_args={
         "owner": "ml-platform",
@@ -79,125 +72,37 @@ with DAG(
         # Tasks that retry wait retry_delay, then twice as long each time (True would mean a constant delay).
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": log_failure(drift_root(config)),
+        "on_failure_callback": on_failure,
+        "on_retry_callback": on_failure,
     },
-    on_failure_callback=log_failure(drift_root(config)),
-    params={
-        "dataset_source": Param(
-            config.sample_dataset or "cppe-5",
-            type="string",
-            minLength=1,
-            title="Dataset",
-            description="Hugging Face hub name, local save_to_disk folder, or parquet/arrow files.",
-            section="Dataset",
-        ),
-        "dataset_revision": Param(
-            None,
-            type=["null", "string"],
-            title="Revision",
-            description="Hub branch, tag or commit; empty: the newest.",
-            section="Dataset",
-        ),
-        "schema": Param(None, type=["null", "string"], enum=[None, *PRESETS], title="Schema preset", section="Dataset"),
-        "split_map": Param(
-            None,
-            type=["null", "object"],
-            additionalProperties={"type": "string", "minLength": 1},
-            propertyNames={"enum": ["train", "validation", "test"]},
-            title="Splits",
-            section="Dataset",
-        ),
-        "model_name": Param(
-            "yolo_nas_s",
-            type="string",
-            enum=["yolo_nas_s", "yolo_nas_m", "yolo_nas_l"],
-            title="Champion of",
-            description="The architecture whose champion model's training data is the reference.",
-            section="Reference",
-        ),
-        "publish_bucket": Param(
-            config.bucket,
-            type="string",
-            pattern="^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-            title="Bucket",
-            section="Reference",
-        ),
-        "publish_prefix": Param(
-            "models", type="string", pattern="^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", title="Prefix", section="Reference"
-        ),
-        "reference_uri": Param(
-            None,
-            type=["null", "string"],
-            title="Reference export (instead of the champion's)",
-            description="A materialized export (s3://.../datasets/<fingerprint>) to compare with.",
-            section="Reference",
-        ),
-        "when_no_champion": Param(
-            "retrain",
-            type="string",
-            enum=list(NO_CHAMPION_POLICIES),
-            values_display={"retrain": "Treat as drift: train a first model", "skip": "Do nothing"},
-            title="When there is no champion",
-            section="Reference",
-        ),
-        "drift_config": Param(
-            json_from_env("YOLONAS_DRIFT_CONFIG"),
-            type="object",
-            properties={
-                "metric": {"enum": ["psi", "js"]},
-                "thresholds": {
-                    "type": "object",
-                    "propertyNames": {"enum": list(FEATURES)},
-                    "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
-                },
-                "default_threshold": {"type": "number", "exclusiveMinimum": 0},
-                "min_count": {"type": "integer", "minimum": 0},
-                "brightness_sample": {"type": "integer", "minimum": 0},
-                "splits": {"type": ["null", "array"], "items": {"type": "string"}},
-                "smoothing": {"type": "number", "minimum": 0},
-                "features": {"type": ["null", "array"], "items": {"enum": list(FEATURES)}},
-            },
-            additionalProperties=False,
-            title="Drift settings",
-            description='e.g. {"metric": "psi", "thresholds": {"class_balance": 0.1}, "default_threshold": 0.25}; '
-            f"features: {', '.join(FEATURES)}. Empty: PSI, threshold 0.2 each.",
-            section="Drift",
-        ),
-        "retrigger": Param(
-            False,
-            type="boolean",
-            title="Retrigger",
-            description="Emit the drift event even if this same drift already started a retraining.",
-            section="Drift",
-        ),
-        "retrain_conf": Param(
-            json_from_env("YOLONAS_DRIFT_RETRAIN_CONF"),
-            type="object",
-            title="Retraining form values",
-            description='yolonas_training form values for the run drift starts, e.g. {"epochs": 50}; the '
-            "drifted dataset is added.",
-            section="Drift",
-        ),
-    },
+    on_failure_callback=on_failure,
+    params=form_params(DriftSettings, DEFAULTS),
 ) as dag:
+
+    @task(task_id="settings", multiple_outputs=True)
+    def run_settings(**context: Any) -> dict[str, Any]:
+        """The run's settings, validated once (form, conf, a yolonas_dataset_source event's conf)."""
+        return resolve_run_settings(DriftSettings, context, event_asset=DATASET_SOURCE_ASSET_NAME)
+
+    run = run_settings()
     materialize = MaterializeDatasetOperator(
         task_id="materialize",
-        source=setting("dataset_source"),
-        revision=setting("dataset_revision", empty="''"),
-        schema=setting("schema", empty="''"),
-        split_map=setting("split_map"),
+        source=run["dataset_source"],
+        revision=run["dataset_revision"],
+        schema=run["schema"],
+        split_map=run["split_map"],
         retries=2,
         retry_delay=timedelta(seconds=30),
     )
     detect = DetectDriftOperator(
         task_id="detect_drift",
         current=materialize.output,
-        model_name=setting("model_name"),
-        models_uri="s3://" + setting("publish_bucket") + "/" + setting("publish_prefix"),
-        reference_uri=setting("reference_uri", empty="''"),
-        config=setting("drift_config"),
-        when_no_champion=setting("when_no_champion"),
-        retrigger=setting("retrigger"),
+        model_name=run["model_name"],
+        models_uri=run["models_uri"],
+        reference_uri=run["reference_uri"],
+        config=run["drift_config"],
+        when_no_champion=run["when_no_champion"],
+        retrigger=run["retrigger"],
         # S3 reads of manifests, annotations and sampled images; a retry succeeds after a blip.
         retries=2,
         retry_delay=timedelta(seconds=20),
@@ -213,14 +118,8 @@ with DAG(
     emit = EmitDriftEventOperator(
         task_id="emit_drift_event",
         drift=detect.output,
-        dataset_conf={
-            "dataset_source": setting("dataset_source"),
-            "dataset_revision": setting("dataset_revision"),
-            "schema": setting("schema"),
-            "split_map": setting("split_map"),
-        },
-        retrain_conf=setting("retrain_conf"),
-        outlets=[DRIFT_ASSET],
+        run_settings=run,
+        outlets=[drift_asset(config)],
         retries=2,
         retry_delay=timedelta(seconds=20),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from yolonas_pipeline.publish import safe_segment
+from yolonas_pipeline.contracts import safe_segment
 
 
 class YolonasPlugin(AirflowPlugin):

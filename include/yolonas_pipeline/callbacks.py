@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from yolonas_pipeline.publish import safe_segment
+from yolonas_pipeline.contracts import safe_segment
 from yolonas_pipeline.storage import join_uri
 
 LOGGER_NAME = "yolonas_pipeline.failures"

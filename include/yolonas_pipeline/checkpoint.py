@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yolonas_pipeline import contracts
+from yolonas_pipeline.contracts import ClassPlan
 from yolonas_pipeline.errors import CheckpointError, StageInputError
 from yolonas_pipeline.safe_unpickle import RestrictedUnpickler, TensorMeta, _guarded, restricted_load
 from yolonas_pipeline.storage import Storage, is_s3_uri
@@ -67,21 +69,6 @@ class CheckpointInfo:
     epoch: int | None
     metrics: dict[str, float] | None  # the validation metrics; training ones prefixed "train/"
     sha256: str | None  # set when verified against an expected value
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class ClassPlan:
-    """The one consistent class set handed to training."""
-
-    model_name: str
-    num_classes: int  # for the model, the loss and the metrics: the dataset's class count
-    class_names: list[str]
-    checkpoint_uri: str | None
-    checkpoint_num_classes: int | None  # what the checkpoint's head was built with (models.get needs it)
-    warnings: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -493,7 +480,11 @@ def plan_classes(info: CheckpointInfo | None, *, dataset_class_names: Sequence[s
     if not names:
         raise StageInputError("dataset_class_names is empty; the materialized dataset must define its categories")
     if info is None:
-        return ClassPlan(requested, len(names), names, None, None, [])
+        return ClassPlan(
+            model_name=requested,  # type: ignore[arg-type]  # checked against MODEL_NAMES above
+            num_classes=len(names),
+            class_names=names,
+        )
     if info.architecture != requested:
         raise CheckpointError(
             f"checkpoint {info.uri} holds a {info.architecture} model but the run requests {requested}; set "
@@ -513,4 +504,12 @@ def plan_classes(info: CheckpointInfo | None, *, dataset_class_names: Sequence[s
             f"the head is kept, so each index keeps what it learned under its new name ({'; '.join(changed[:5])}"
             f"{'; ...' if len(changed) > 5 else ''})"
         )
-    return ClassPlan(requested, len(names), names, info.uri, info.num_classes, warnings)
+    return ClassPlan(
+        model_name=requested,  # type: ignore[arg-type]  # checked against MODEL_NAMES above
+        num_classes=len(names),
+        class_names=names,
+        checkpoint_uri=info.uri,
+        checkpoint_num_classes=info.num_classes,
+        warnings=warnings,
+        checkpoint=contracts.CheckpointInfo(**info.to_dict()),
+    )

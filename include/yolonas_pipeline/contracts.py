@@ -566,3 +566,60 @@ class PublishResult(Contract):
     promoted: bool
     promotion_reasons: list[str]
     champion_update: str | None
+
+
+# -- preflight -----------------------------------------------------------------------------------------------
+class TrainerCommand(Part):
+    """One trainer command as a pod or a local subprocess runs it, decided before any GPU is asked for."""
+
+    cmds: list[str]
+    arguments: list[str]
+    #: Where the command writes its result (a :class:`TrainResult` or :class:`Metrics`).
+    result_uri: str
+    gpus: int = Field(ge=0)
+    #: Kubernetes container resources (``requests``/``limits``) and node selector for the pod backend.
+    requests: dict[str, str]
+    limits: dict[str, str]
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.cmds, *self.arguments]
+
+
+class RunPlan(Contract):
+    """What a training run will do, from the first two stages' results and the run's settings (preflight)."""
+
+    FORMAT: ClassVar[str] = "yolonas-pipeline/run-plan@1"
+    format: str = FORMAT
+    preflight: bool
+    run_id: str
+    trigger: dict[str, Any]
+    dataset: dict[str, Any]
+    model: dict[str, Any]
+    training: dict[str, Any]
+    resources: dict[str, Any]
+    outputs: dict[str, str]
+    publishing: dict[str, Any]
+    train: TrainerCommand
+    evaluate: TrainerCommand
+    summary: list[str]
+
+
+# -- where things are ----------------------------------------------------------------------------------------
+def safe_segment(value: str) -> str:
+    """Airflow run ids contain ``:`` and ``+``; keep S3 keys and local paths portable."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
+
+
+def stage_uri(runs_uri: str, run_id: str, stage: str) -> str:
+    """``<runs_uri>/<run id>/<stage>``: where one stage of one run writes."""
+    return join_uri(runs_uri, safe_segment(run_id), stage)
+
+
+def bundle_uri(models_uri: str, model_name: str, run_id: str) -> str:
+    return join_uri(models_uri, model_name, safe_segment(run_id))
+
+
+def champion_uri(models_uri: str, model_name: str) -> str:
+    return join_uri(models_uri, model_name, CHAMPION_FILE)

@@ -1,6 +1,6 @@
 """Run the trainer command as a local subprocess: the embedded default's backend.
 
-The command line is the one a Kubernetes pod runs (see :mod:`yolonas_pipeline.trainer_command`), with
+The command line is the one a Kubernetes pod runs (see :mod:`yolonas_pipeline.preflight`), with
 ``python`` replaced by the trainer environment's interpreter. Output is streamed line by line to the
 caller's log; a non-zero exit raises with the last lines, so the task log shows why.
 """

@@ -22,69 +22,63 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from yolonas_pipeline.contracts import (
+    METRICS_FILE,
+    ChampionPointer,
+    ChampionScore,
+    Metrics,
+    PromotionDecision,
+    champion_uri,
+)
 from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.run_settings import DEFAULT_CLASS_AP_TOLERANCE, DEFAULT_MARGIN
 from yolonas_pipeline.storage import Storage, is_s3_uri, join_uri, split_s3_uri
 
-CHAMPION_FILE = "champion.json"
-CHAMPION_FORMAT = "yolonas-pipeline/champion@1"
+log = logging.getLogger(__name__)
 METRIC = "map_50_95"
-DEFAULT_MARGIN = 0.0
-DEFAULT_CLASS_AP_TOLERANCE = 0.05
+__all__ = [
+    "DEFAULT_CLASS_AP_TOLERANCE",
+    "DEFAULT_MARGIN",
+    "PromotionDecision",
+    "apply_decision",
+    "champion_uri",
+    "decide",
+    "gate_and_apply",
+    "pointer_document",
+    "read_champion",
+    "run_gate",
+    "write_champion",
+]
 #: S3 error codes of a conditional write that lost: the object changed (412) or a concurrent write (409).
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
 
-def champion_uri(models_uri: str, model_name: str) -> str:
-    return join_uri(models_uri, model_name, CHAMPION_FILE)
+class Scores(Protocol):
+    """What the rule compares: :class:`Metrics` or :class:`ChampionScore` (same split)."""
 
+    @property
+    def map_50_95(self) -> float | None: ...
 
-@dataclass
-class PromotionDecision:
-    """The gate's verdict with its reasons, as recorded in the run's manifest."""
-
-    promote: bool
-    reasons: list[str]
-    margin: float
-    class_ap_tolerance: float
-    candidate: dict[str, Any]
-    #: The champion compared against (``None`` when there was none), with where its numbers came from.
-    champion: dict[str, Any] | None
-    #: Per class: candidate AP@0.50:0.95 minus the champion's (``None`` when either has no boxes of it).
-    class_ap_deltas: dict[str, float | None] = field(default_factory=dict)
-    #: The champion pointer's version when the decision was made; the pointer write is conditional on it.
-    champion_version: str | None = None
-    decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PromotionDecision:
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def summary(self) -> str:
-        verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
-        return f"promotion gate: {verdict}: " + "; ".join(self.reasons)
+    @property
+    def per_class(self) -> Mapping[str, Any]: ...
 
 
 # -- the rule (pure) -----------------------------------------------------------------------------------------
 def decide(
-    candidate: Mapping[str, Any],
-    champion: Mapping[str, Any] | None,
+    candidate: Scores,
+    champion: Scores | None,
     *,
     margin: float = DEFAULT_MARGIN,
     class_ap_tolerance: float = DEFAULT_CLASS_AP_TOLERANCE,
 ) -> tuple[bool, list[str], dict[str, float | None]]:
-    """Compare two metrics documents (``map_50_95`` and ``per_class[name]["ap_50_95"]``) from the same split.
+    """Compare the candidate's scores with the champion's on the same split (mAP@0.50:0.95 and per-class AP).
 
     Returns ``(promote, reasons, per-class AP deltas)``; every rule that fails adds a reason.
     """
@@ -94,7 +88,7 @@ def decide(
         )
     if champion is None:
         return True, ["there is no champion yet"], {}
-    new, old = _number(candidate, METRIC), _number(champion, METRIC)
+    new, old = _number(candidate, "the candidate"), _number(champion, "the champion")
     gain = new - old
     reasons: list[str] = []
     promote = True
@@ -104,11 +98,9 @@ def decide(
         promote = False
         reasons.append(f"mAP@0.50:0.95 {new:.4f} vs champion {old:.4f}: {gain:+.4f} is below the margin {margin:.4f}")
     deltas: dict[str, float | None] = {}
-    new_classes = candidate.get("per_class") or {}
-    old_classes = champion.get("per_class") or {}
-    for name in sorted(set(new_classes) | set(old_classes)):
-        a = (new_classes.get(name) or {}).get("ap_50_95")
-        b = (old_classes.get(name) or {}).get("ap_50_95")
+    for name in sorted(set(candidate.per_class) | set(champion.per_class)):
+        a = _class_ap(candidate, name)
+        b = _class_ap(champion, name)
         if a is None or b is None:
             deltas[name] = None
             continue
@@ -124,36 +116,42 @@ def decide(
     return promote, reasons, deltas
 
 
-def _number(metrics: Mapping[str, Any], key: str) -> float:
-    value = metrics.get(key)
-    if not isinstance(value, int | float):
-        raise StageInputError(f"metrics have no numeric {key!r} (got {value!r}); is this a metrics.json?")
+def _class_ap(scores: Scores, name: str) -> float | None:
+    entry = scores.per_class.get(name)
+    value = getattr(entry, "ap_50_95", None)
+    return float(value) if value is not None else None
+
+
+def _number(scores: Scores, who: str) -> float:
+    value = scores.map_50_95
+    if value is None:
+        raise StageInputError(f"{who} has no mAP@0.50:0.95 to compare")
     return float(value)
 
 
 # -- the pointer ---------------------------------------------------------------------------------------------
-def read_champion(uri: str, *, storage: Storage) -> tuple[dict[str, Any] | None, str | None]:
+def read_champion(uri: str, *, storage: Storage) -> tuple[ChampionPointer | None, str | None]:
     """The champion pointer and its version (S3 ETag, or the SHA-256 of a local file); ``(None, None)`` if none."""
     if not is_s3_uri(uri):
         path = Path(uri)
         if not path.is_file():
             return None, None
         data = path.read_bytes()
-        return json.loads(data), hashlib.sha256(data).hexdigest()
+        return ChampionPointer.parse(data, source=uri), hashlib.sha256(data).hexdigest()
     bucket, key = split_s3_uri(uri)
     try:
         response = storage._s3_call(uri, lambda: storage.s3.get_object(Bucket=bucket, Key=key))
     except FileNotFoundError:
         return None, None
-    return json.loads(response["Body"].read()), str(response["ETag"])
+    return ChampionPointer.parse(response["Body"].read(), source=uri), str(response["ETag"])
 
 
-def write_champion(uri: str, pointer: Mapping[str, Any], *, expected_version: str | None, storage: Storage) -> bool:
+def write_champion(uri: str, pointer: ChampionPointer, *, expected_version: str | None, storage: Storage) -> bool:
     """Replace the pointer in one write, only if it is still at ``expected_version`` (``None``: absent).
 
     Returns False when another writer got there first.
     """
-    body = json.dumps(pointer, indent=2, sort_keys=True).encode("utf-8")
+    body = pointer.to_json().encode("utf-8")
     if not is_s3_uri(uri):
         path = Path(uri)
         with _locked(path):
@@ -205,35 +203,45 @@ def pointer_document(
     run_id: str,
     bundle_uri: str,
     manifest_uri: str,
-    metrics: Mapping[str, Any],
+    metrics: Metrics,
     previous: Mapping[str, Any] | None,
-) -> dict[str, Any]:
+) -> ChampionPointer:
     """The champion.json document: where the bundle is and what it scored."""
-    return {
-        "format": CHAMPION_FORMAT,
-        "model_name": model_name,
-        "run_id": run_id,
-        "bundle_uri": bundle_uri,
-        "manifest_uri": manifest_uri,
-        "metrics": {
-            key: metrics.get(key)
-            for key in ("split", "dataset_fingerprint", "images", "map_50", "map_50_95", "precision", "recall", "f1")
+    return ChampionPointer.parse(
+        {
+            "model_name": model_name,
+            "run_id": run_id,
+            "bundle_uri": bundle_uri,
+            "manifest_uri": manifest_uri,
+            "metrics": {
+                "split": metrics.split,
+                "dataset_fingerprint": metrics.dataset_fingerprint,
+                "images": metrics.images,
+                "map_50": metrics.map_50,
+                "map_50_95": metrics.map_50_95,
+                "precision": metrics.precision,
+                "recall": metrics.recall,
+                "f1": metrics.f1,
+            },
+            "input_size": metrics.input_size,
+            "class_names": metrics.class_names,
+            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "previous": {"run_id": previous.get("run_id"), "bundle_uri": previous.get("bundle_uri")}
+            if previous
+            else None,
         },
-        "input_size": metrics.get("input_size"),
-        "class_names": metrics.get("class_names"),
-        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "previous": {"run_id": previous.get("run_id"), "bundle_uri": previous.get("bundle_uri")} if previous else None,
-    }
+        source="the new champion pointer",
+    )
 
 
 # -- the gate ------------------------------------------------------------------------------------------------
-def same_split(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def same_split(a: Metrics, b: Metrics) -> bool:
     """Both metrics documents scored the same images: same dataset export (fingerprint) and split."""
-    return bool(a.get("dataset_fingerprint")) and all(a.get(k) == b.get(k) for k in ("dataset_fingerprint", "split"))
+    return bool(a.dataset_fingerprint) and (a.dataset_fingerprint, a.split) == (b.dataset_fingerprint, b.split)
 
 
 def run_gate(
-    candidate_metrics: Mapping[str, Any],
+    candidate_metrics: Metrics,
     *,
     candidate: Mapping[str, Any],
     champion_pointer_uri: str,
@@ -243,10 +251,22 @@ def run_gate(
 ) -> PromotionDecision:
     """Read the current champion and decide. ``candidate``: ``{"run_id", "bundle_uri", ...}`` of the new model."""
     pointer, version = read_champion(champion_pointer_uri, storage=storage)
-    summary = {"run_id": candidate.get("run_id"), "bundle_uri": candidate.get("bundle_uri")}
-    summary.update({k: candidate_metrics.get(k) for k in ("split", "dataset_fingerprint", "map_50", METRIC)})
+    summary: dict[str, Any] = {"run_id": candidate.get("run_id"), "bundle_uri": candidate.get("bundle_uri")}
+    summary.update(
+        {
+            "split": candidate_metrics.split,
+            "dataset_fingerprint": candidate_metrics.dataset_fingerprint,
+            "map_50": candidate_metrics.map_50,
+            METRIC: candidate_metrics.map_50_95,
+        }
+    )
 
-    def decision(promote: bool, reasons: list[str], champion: dict[str, Any] | None, deltas: Any = None) -> Any:
+    def decision(
+        promote: bool,
+        reasons: list[str],
+        champion: dict[str, Any] | None,
+        deltas: dict[str, float | None] | None = None,
+    ) -> PromotionDecision:
         return PromotionDecision(
             promote=promote,
             reasons=reasons,
@@ -256,42 +276,43 @@ def run_gate(
             champion=champion,
             class_ap_deltas=deltas or {},
             champion_version=version,
+            decided_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
 
     if pointer is None:
         promote, reasons, _ = decide(candidate_metrics, None, margin=margin, class_ap_tolerance=class_ap_tolerance)
         return decision(promote, reasons, None)
-    champion_summary = {"run_id": pointer.get("run_id"), "bundle_uri": pointer.get("bundle_uri")}
-    if pointer.get("bundle_uri") == candidate.get("bundle_uri"):
+    champion_summary: dict[str, Any] = {"run_id": pointer.run_id, "bundle_uri": pointer.bundle_uri}
+    if pointer.bundle_uri == candidate.get("bundle_uri"):
         return decision(True, ["this bundle is already the champion"], champion_summary)
     baseline, source = champion_metrics(candidate_metrics, pointer, storage=storage)
     if baseline is None:
         return decision(False, [source], champion_summary)
-    champion_summary.update({"metrics_source": source, **{k: baseline.get(k) for k in ("map_50", METRIC)}})
+    champion_summary.update({"metrics_source": source, "map_50": baseline.map_50, METRIC: baseline.map_50_95})
     promote, reasons, deltas = decide(candidate_metrics, baseline, margin=margin, class_ap_tolerance=class_ap_tolerance)
     return decision(promote, reasons, champion_summary, deltas)
 
 
 def champion_metrics(
-    candidate_metrics: Mapping[str, Any], pointer: Mapping[str, Any], *, storage: Storage
-) -> tuple[dict[str, Any] | None, str]:
+    candidate_metrics: Metrics, pointer: ChampionPointer, *, storage: Storage
+) -> tuple[Metrics | ChampionScore | None, str]:
     """The champion's numbers on the candidate's split and where they came from, or ``(None, why not)``."""
-    rescored = candidate_metrics.get("champion") or {}
-    if rescored.get("bundle_uri") == pointer.get("bundle_uri"):
-        if rescored.get("map_50_95") is not None:
-            return dict(rescored), "champion re-evaluated on this split by the evaluate stage"
-        if rescored.get("reason"):
-            return None, f"the champion could not be compared: {rescored['reason']}"
-    bundle = str(pointer.get("bundle_uri") or "")
+    rescored = candidate_metrics.champion
+    if rescored is not None and rescored.bundle_uri == pointer.bundle_uri:
+        if rescored.map_50_95 is not None:
+            return rescored, "champion re-evaluated on this split by the evaluate stage"
+        if rescored.reason:
+            return None, f"the champion could not be compared: {rescored.reason}"
+    bundle = pointer.bundle_uri
     try:
-        own = json.loads(storage.read_text(join_uri(bundle, "metrics.json")))
+        own = Metrics.read(join_uri(bundle, METRICS_FILE), storage=storage)
     except FileNotFoundError:
         return None, f"the champion's metrics.json is missing from {bundle}; cannot compare"
     if same_split(own, candidate_metrics):
         return own, "champion's own metrics.json (same dataset fingerprint and split)"
     return None, (
-        f"the champion was evaluated on {own.get('dataset_fingerprint')}/{own.get('split')} and the candidate on "
-        f"{candidate_metrics.get('dataset_fingerprint')}/{candidate_metrics.get('split')}: not the same split, and "
+        f"the champion was evaluated on {own.dataset_fingerprint}/{own.split} and the candidate on "
+        f"{candidate_metrics.dataset_fingerprint}/{candidate_metrics.split}: not the same split, and "
         "the evaluate stage did not re-score the champion (champion_uri unset?); replace champion.json by hand "
         "to accept this model"
     )
@@ -301,7 +322,7 @@ def apply_decision(
     decision: PromotionDecision,
     *,
     champion_pointer_uri: str,
-    pointer: Mapping[str, Any],
+    pointer: ChampionPointer,
     storage: Storage,
 ) -> str:
     """Carry out a decision. Returns ``"unchanged"`` (not promoted), ``"updated"``, ``"already"`` (the
@@ -310,7 +331,7 @@ def apply_decision(
     if not decision.promote:
         return "unchanged"
     current, version = read_champion(champion_pointer_uri, storage=storage)
-    if current is not None and current.get("bundle_uri") == pointer["bundle_uri"]:
+    if current is not None and current.bundle_uri == pointer.bundle_uri:
         return "already"
     if version != decision.champion_version:
         return "conflict"
@@ -319,17 +340,16 @@ def apply_decision(
 
 
 def gate_and_apply(
-    candidate_metrics: Mapping[str, Any],
+    candidate_metrics: Metrics,
     *,
     candidate: Mapping[str, Any],
-    make_pointer: Callable[[PromotionDecision], Mapping[str, Any]],
+    make_pointer: Callable[[PromotionDecision], ChampionPointer],
     champion_pointer_uri: str,
     storage: Storage,
     margin: float,
     class_ap_tolerance: float,
     record: Callable[[PromotionDecision], None],
     decision: PromotionDecision | None = None,
-    log: Callable[[str], None] = print,
     attempts: int = 3,
 ) -> tuple[PromotionDecision, str]:
     """Decide (unless ``decision`` is given), ``record`` the decision (the caller writes the manifest), then
@@ -345,13 +365,17 @@ def gate_and_apply(
                 class_ap_tolerance=class_ap_tolerance,
             )
             record(decision)
-        log(decision.summary())
+        log.info("%s", decision.summary())
         outcome = apply_decision(
             decision, champion_pointer_uri=champion_pointer_uri, pointer=make_pointer(decision), storage=storage
         )
         if outcome != "conflict":
-            log(f"champion pointer {champion_pointer_uri}: {outcome}")
+            log.info("champion pointer %s: %s", champion_pointer_uri, outcome)
             return decision, outcome
-        log(f"champion pointer {champion_pointer_uri} changed since the decision (attempt {attempt + 1}); re-deciding")
+        log.info(
+            "champion pointer %s changed since the decision (attempt %d); re-deciding",
+            champion_pointer_uri,
+            attempt + 1,
+        )
         decision = None
     raise RuntimeError(f"{champion_pointer_uri} kept changing during {attempts} attempts to promote; retry the task")

@@ -16,22 +16,41 @@ is complete, so nothing downstream can pick up a half-uploaded model:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yolonas_pipeline
 from yolonas_pipeline import promote
+from yolonas_pipeline.contracts import (
+    BUNDLE_MANIFEST_FILE,
+    METRICS_FILE,
+    TRAIN_RESULT_FILE,
+    BundleManifest,
+    ChampionPointer,
+    ClassPlan,
+    DatasetExport,
+    DatasetManifest,
+    Metrics,
+    PromotionDecision,
+    PublishResult,
+    TrainResult,
+    bundle_uri,
+    safe_segment,
+)
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.evaluate import METRICS_FILE, evaluation_files
+from yolonas_pipeline.run_settings import TrainingSettings
 from yolonas_pipeline.storage import Storage, join_uri, sha256_file
 
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "yolonas-pipeline/model-bundle@2"
+log = logging.getLogger(__name__)
+MANIFEST_FILE = BUNDLE_MANIFEST_FILE
+MANIFEST_FORMAT = BundleManifest.FORMAT
+__all__ = ["LICENCE_NOTE", "Gate", "bundle_uri", "publish_bundle", "publish_run", "safe_segment", "verify_bundle"]
 LICENCE_NOTE = (
     "YOLO-NAS pretrained weights, and models fine-tuned from them, are licensed for non-commercial use only "
     "(Deci-AI/super-gradients LICENSE.YOLONAS.md); check the licence of the base weights you used."
@@ -41,17 +60,14 @@ CODE_VERSION_ENV = "YOLONAS_CODE_VERSION"
 
 
 @dataclass
-class PublishResult:
+class _Published:
     bundle_uri: str
     manifest_uri: str
     files: dict[str, dict[str, Any]]
     reused: bool = False
-    metadata: dict[str, Any] = field(default_factory=dict)
-    promotion: dict[str, Any] | None = None  # the decision as recorded in the manifest
+    manifest: dict[str, Any] = field(default_factory=dict)
+    promotion: PromotionDecision | None = None  # the decision as recorded in the manifest
     champion_update: str | None = None  # updated | already | unchanged (None: no gate)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -59,20 +75,11 @@ class Gate:
     """Run the promotion gate after publishing: compare ``metrics`` with the champion named by ``champion_uri``."""
 
     champion_uri: str
-    metrics: Mapping[str, Any]
+    metrics: Metrics
     model_name: str
     run_id: str
     margin: float = promote.DEFAULT_MARGIN
     class_ap_tolerance: float = promote.DEFAULT_CLASS_AP_TOLERANCE
-
-
-def bundle_uri(models_uri: str, model_name: str, run_id: str) -> str:
-    return join_uri(models_uri, model_name, safe_segment(run_id))
-
-
-def safe_segment(value: str) -> str:
-    """Airflow run ids contain ``:`` and ``+``; keep S3 keys and local paths portable."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
 
 
 def publish_bundle(
@@ -83,19 +90,18 @@ def publish_bundle(
     storage: Storage,
     documents: Mapping[str, bytes] | None = None,
     gate: Gate | None = None,
-    log: Callable[[str], None] = print,
-) -> PublishResult:
+) -> _Published:
     """Copy ``artifacts`` (bundle file name -> source URI) and write ``documents`` (name -> bytes) to
-    ``destination_uri``, then the manifest; then the gate, if any."""
+    ``destination_uri``, then the manifest (a :class:`BundleManifest`); then the gate, if any."""
     manifest_uri = join_uri(destination_uri, MANIFEST_FILE)
-    existing = _complete_manifest(manifest_uri, storage)
+    existing = _complete_manifest(destination_uri, storage)
     if existing is not None:
-        log(f"bundle already published at {destination_uri}; nothing to copy")
-        result = PublishResult(destination_uri, manifest_uri, existing["files"], reused=True, metadata=existing)
+        log.info("bundle already published at %s; nothing to copy", destination_uri)
+        document = existing.to_xcom()
+        files = {name: entry.model_dump(exclude_none=True) for name, entry in existing.files.items()}
+        result = _Published(destination_uri, manifest_uri, files, reused=True, manifest=document)
         if gate is not None:
-            recorded = existing.get("promotion")
-            decision = promote.PromotionDecision.from_dict(recorded) if recorded else None
-            _promote(result, existing, gate, decision=decision, storage=storage, log=log)
+            _promote(result, document, gate, decision=existing.promotion, storage=storage)
         return result
 
     names = [*artifacts, *(documents or {})]
@@ -123,7 +129,7 @@ def publish_bundle(
             files[name] = entry
             storage.upload_file(local, join_uri(destination_uri, name))
             local.unlink()
-            log(f"published {name} ({entry['size']} bytes, sha256 {entry['sha256'][:12]}...)")
+            log.info("published %s (%d bytes, sha256 %s...)", name, entry["size"], entry["sha256"][:12])
 
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -132,32 +138,31 @@ def publish_bundle(
         **metadata,
         "files": files,
     }
-    result = PublishResult(destination_uri, manifest_uri, files, metadata=manifest)
+    result = _Published(destination_uri, manifest_uri, files, manifest=manifest)
     if gate is None:
         _write_manifest(manifest_uri, manifest, storage)
-        log(f"manifest written: {manifest_uri}")
+        log.info("manifest written: %s", manifest_uri)
     else:
-        _promote(result, manifest, gate, decision=None, storage=storage, log=log)
+        _promote(result, manifest, gate, decision=None, storage=storage)
     return result
 
 
 def _promote(
-    result: PublishResult,
+    result: _Published,
     manifest: dict[str, Any],
     gate: Gate,
     *,
-    decision: promote.PromotionDecision | None,
+    decision: PromotionDecision | None,
     storage: Storage,
-    log: Callable[[str], None],
 ) -> None:
     """Decide (or re-apply a recorded decision), record it in the manifest, move the champion pointer."""
 
-    def record(new: promote.PromotionDecision) -> None:
-        manifest["promotion"] = new.to_dict()
+    def record(new: PromotionDecision) -> None:
+        manifest["promotion"] = new.model_dump(mode="json")
         _write_manifest(result.manifest_uri, manifest, storage)
-        log(f"manifest written with the promotion decision: {result.manifest_uri}")
+        log.info("manifest written with the promotion decision: %s", result.manifest_uri)
 
-    def pointer(new: promote.PromotionDecision) -> dict[str, Any]:
+    def pointer(new: PromotionDecision) -> ChampionPointer:
         return promote.pointer_document(
             model_name=gate.model_name,
             run_id=gate.run_id,
@@ -177,48 +182,42 @@ def _promote(
         class_ap_tolerance=gate.class_ap_tolerance,
         record=record,
         decision=decision,
-        log=log,
     )
-    result.promotion = final.to_dict()
+    result.promotion = final
     result.champion_update = outcome
-    result.metadata = manifest
+    result.manifest = manifest
 
 
 def _write_manifest(uri: str, manifest: Mapping[str, Any], storage: Storage) -> None:
-    storage.write_text(uri, json.dumps(manifest, indent=2, sort_keys=True))
+    # Validated as the contract before it becomes visible: a bundle never gets a manifest its readers refuse.
+    BundleManifest.parse(dict(manifest), source=f"the manifest for {uri}").write(uri, storage=storage)
 
 
-def verify_bundle(destination_uri: str, *, storage: Storage) -> dict[str, Any]:
+def verify_bundle(destination_uri: str, *, storage: Storage) -> BundleManifest:
     """Recompute every file's SHA-256 and size against the manifest; raise if any differs. Returns the manifest."""
-    manifest_uri = join_uri(destination_uri, MANIFEST_FILE)
-    try:
-        manifest = json.loads(storage.read_text(manifest_uri))
-    except FileNotFoundError:
-        raise StageInputError(f"{destination_uri} has no {MANIFEST_FILE}: the bundle is incomplete") from None
+    manifest = BundleManifest.read_bundle(destination_uri, storage=storage)
     with tempfile.TemporaryDirectory(prefix="yolonas-verify-") as tmp:
-        for name, entry in manifest["files"].items():
+        for name, entry in manifest.files.items():
             local = Path(tmp) / name
             uri = join_uri(destination_uri, name)
             storage.download_file(uri, local)
             digest, size = sha256_file(local), local.stat().st_size
-            if digest != entry["sha256"] or size != entry["size"]:
+            if digest != entry.sha256 or size != entry.size:
                 raise StageInputError(
-                    f"{uri}: sha256 {digest} and {size} bytes, but the manifest says {entry['sha256']} and "
-                    f"{entry['size']} bytes"
+                    f"{uri}: sha256 {digest} and {size} bytes, but the manifest says {entry.sha256} and "
+                    f"{entry.size} bytes"
                 )
             local.unlink()
     return manifest
 
 
-def _complete_manifest(manifest_uri: str, storage: Storage) -> dict[str, Any] | None:
-    if not storage.exists(manifest_uri):
+def _complete_manifest(destination_uri: str, storage: Storage) -> BundleManifest | None:
+    if not storage.exists(join_uri(destination_uri, MANIFEST_FILE)):
         return None
-    manifest = json.loads(storage.read_text(manifest_uri))
-    base = manifest_uri.rsplit("/", 1)[0]
-    files = manifest.get("files", {})
+    manifest = BundleManifest.read_bundle(destination_uri, storage=storage)
     if all(
-        storage.exists(join_uri(base, name)) and storage.size(join_uri(base, name)) == e["size"]
-        for name, e in files.items()
+        storage.exists(join_uri(destination_uri, name)) and storage.size(join_uri(destination_uri, name)) == e.size
+        for name, e in manifest.files.items()
     ):
         return manifest
     return None
@@ -227,65 +226,73 @@ def _complete_manifest(manifest_uri: str, storage: Storage) -> dict[str, Any] | 
 # -- the stage: the upstream results to a bundle ------------------------------------------------------------
 def publish_run(
     *,
-    dataset: Mapping[str, Any],
-    class_plan: Mapping[str, Any],
-    train_result: Mapping[str, Any],
-    metrics: Mapping[str, Any],
+    dataset: DatasetExport,
+    class_plan: ClassPlan,
+    train_result: TrainResult,
+    metrics: Metrics,
+    settings: TrainingSettings,
     run_id: str,
-    models_uri: str,
     storage: Storage,
-    params: Mapping[str, Any] | None = None,
     promotion: bool = True,
-    promotion_margin: float = promote.DEFAULT_MARGIN,
-    class_ap_tolerance: float = promote.DEFAULT_CLASS_AP_TOLERANCE,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> PublishResult:
     """Publish one DAG run (the results of materialize, inspect_checkpoint, train and evaluate) and gate it.
 
-    Returns a small JSON-able summary for XCom: bundle and manifest URIs, file names, the promotion decision.
+    Returns the :class:`PublishResult` for XCom: bundle and manifest URIs, file names, the promotion decision.
     """
-    model_name = str(train_result["model_name"])
+    model_name = train_result.model_name
+    models_uri = settings.models_uri
     destination = bundle_uri(models_uri, model_name, run_id)
-    metrics_uri = str(metrics.get("metrics_uri") or "")
+    metrics_uri = metrics.metrics_uri or ""
     if not metrics_uri.endswith(METRICS_FILE):
         raise StageInputError(f"metrics has no metrics_uri ending in {METRICS_FILE} (got {metrics_uri!r})")
     evaluate_uri = metrics_uri.rsplit("/", 1)[0]
-    train_uri = str(train_result["run_uri"]).rsplit("/", 1)[0]
+    train_uri = train_result.run_uri.rsplit("/", 1)[0]
 
     artifacts = {
-        "model.pth": str(train_result["best_checkpoint_uri"]),
+        "model.pth": train_result.best_checkpoint_uri,
         METRICS_FILE: metrics_uri,
-        "training_result.json": join_uri(train_uri, "result.json"),
-        "dataset_manifest.json": str(dataset["manifest_uri"]),
-        "materialization_report.json": str(dataset["report_uri"]),
+        "training_result.json": join_uri(train_uri, TRAIN_RESULT_FILE),
+        "dataset_manifest.json": dataset.manifest_uri,
+        "materialization_report.json": dataset.report_uri,
     }
-    artifacts.update({relative: join_uri(evaluate_uri, relative) for relative in evaluation_files(metrics)})
+    artifacts.update({relative: join_uri(evaluate_uri, relative) for relative in metrics.files()})
     training_config = {
-        "train_request": train_result.get("request"),
+        "train_request": train_result.request.model_dump(mode="json") if train_result.request else None,
         "model_name": model_name,
-        "input_size": train_result.get("input_size"),
-        "num_classes": train_result.get("num_classes"),
-        "class_names": train_result.get("class_names"),
-        "class_plan": {k: class_plan.get(k) for k in ("checkpoint_uri", "checkpoint_num_classes", "warnings")},
-        "dag_params": dict(params or {}),
+        "input_size": train_result.input_size,
+        "num_classes": train_result.num_classes,
+        "class_names": train_result.class_names,
+        "class_plan": {
+            "checkpoint_uri": class_plan.checkpoint_uri,
+            "checkpoint_num_classes": class_plan.checkpoint_num_classes,
+            "warnings": class_plan.warnings,
+        },
+        "run_settings": settings.to_xcom(),
     }
-    documents = {"training_config.json": json.dumps(training_config, indent=2, sort_keys=True, default=str).encode()}
+    documents = {"training_config.json": json.dumps(training_config, indent=2, sort_keys=True).encode()}
     metadata = {
         "run_id": run_id,
         "model_name": model_name,
-        "class_names": list(train_result.get("class_names") or metrics.get("class_names") or []),
-        "input_size": train_result.get("input_size"),
+        "class_names": list(train_result.class_names or metrics.class_names),
+        "input_size": train_result.input_size,
         "dataset": dataset_identity(dataset, storage=storage),
         "base_weights": base_weights(class_plan, storage=storage),
         "evaluation": {
-            k: metrics.get(k)
-            for k in ("split", "images", "dataset_fingerprint", "map_50", "map_50_95", "precision", "recall", "f1")
-        }
-        | {"thresholds": metrics.get("thresholds"), "per_class_ap_50_95": _per_class_ap(metrics)},
+            "split": metrics.split,
+            "images": metrics.images,
+            "dataset_fingerprint": metrics.dataset_fingerprint,
+            "map_50": metrics.map_50,
+            "map_50_95": metrics.map_50_95,
+            "precision": metrics.precision,
+            "recall": metrics.recall,
+            "f1": metrics.f1,
+            "thresholds": metrics.thresholds,
+            "per_class_ap_50_95": {name: entry.ap_50_95 for name, entry in metrics.per_class.items()},
+        },
         "training": {
-            "epochs_completed": train_result.get("epochs_completed"),
-            "device": train_result.get("device"),
-            "gpus": train_result.get("gpus"),
+            "epochs_completed": train_result.epochs_completed,
+            "device": train_result.device,
+            "gpus": train_result.gpus,
         },
         "compute": compute_usage(train_result, metrics),
     }
@@ -296,84 +303,65 @@ def publish_run(
             metrics=metrics,
             model_name=model_name,
             run_id=run_id,
-            margin=float(promotion_margin),
-            class_ap_tolerance=float(class_ap_tolerance),
+            margin=settings.promotion_margin,
+            class_ap_tolerance=settings.class_ap_tolerance,
         )
     result = publish_bundle(
-        artifacts,
-        destination_uri=destination,
-        metadata=metadata,
-        storage=storage,
-        documents=documents,
-        gate=gate,
-        log=log,
+        artifacts, destination_uri=destination, metadata=metadata, storage=storage, documents=documents, gate=gate
     )
-    return {
-        "bundle_uri": result.bundle_uri,
-        "manifest_uri": result.manifest_uri,
-        "files": sorted(result.files),
-        "reused": result.reused,
-        "champion_uri": gate.champion_uri if gate else None,
-        "promoted": bool(result.promotion and result.promotion["promote"]),
-        "promotion_reasons": list(result.promotion["reasons"]) if result.promotion else [],
-        "champion_update": result.champion_update,
-    }
+    return PublishResult(
+        bundle_uri=result.bundle_uri,
+        manifest_uri=result.manifest_uri,
+        files=sorted(result.files),
+        reused=result.reused,
+        champion_uri=gate.champion_uri if gate else None,
+        promoted=bool(result.promotion and result.promotion.promote),
+        promotion_reasons=list(result.promotion.reasons) if result.promotion else [],
+        champion_update=result.champion_update,
+    )
 
 
-def dataset_identity(dataset: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
+def dataset_identity(dataset: DatasetExport, *, storage: Storage) -> dict[str, Any]:
     """Where the training data came from: the source and revision recorded in the export's manifest."""
-    source = json.loads(storage.read_text(str(dataset["manifest_uri"]))).get("source") or {}
+    manifest = DatasetManifest.read(dataset.manifest_uri, storage=storage)
     return {
-        "uri": dataset.get("dataset_uri"),
-        "fingerprint": dataset.get("fingerprint"),
-        "source": source.get("source"),
-        "revision": source.get("revision"),
-        "splits": dataset.get("splits"),
+        "uri": dataset.dataset_uri,
+        "fingerprint": dataset.fingerprint,
+        "source": manifest.source.source,
+        "revision": manifest.source.revision,
+        "splits": {name: counts.model_dump() for name, counts in dataset.splits.items()},
     }
 
 
-def base_weights(class_plan: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
+def base_weights(class_plan: ClassPlan, *, storage: Storage) -> dict[str, Any]:
     """The checkpoint training started from, with its SHA-256 (computed here when the user gave none)."""
-    uri = class_plan.get("checkpoint_uri")
+    uri = class_plan.checkpoint_uri
     if not uri:
         return {"uri": None, "sha256": None, "num_classes": None, "licence_note": "trained from scratch"}
-    digest = (class_plan.get("checkpoint") or {}).get("sha256")
+    digest = class_plan.checkpoint.sha256 if class_plan.checkpoint else None
     if not digest:
         with tempfile.TemporaryDirectory(prefix="yolonas-base-") as tmp:
             local = Path(tmp) / "base.pth"
-            storage.download_file(str(uri), local)
+            storage.download_file(uri, local)
             digest = sha256_file(local)
     return {
         "uri": uri,
         "sha256": digest,
-        "num_classes": class_plan.get("checkpoint_num_classes"),
+        "num_classes": class_plan.checkpoint_num_classes,
         "licence_note": LICENCE_NOTE,
     }
 
 
-def compute_usage(train_result: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+def compute_usage(train_result: TrainResult, metrics: Metrics) -> dict[str, Any]:
     """Seconds spent training (every epoch of every attempt, from the history) and evaluating, and the
     GPU-seconds they cost (seconds x GPUs; 0 on CPU)."""
-    gpus = int(train_result.get("gpus") or 0)
-    train_seconds = float(
-        train_result.get("train_seconds")
-        or sum(float(e.get("seconds") or 0) for e in train_result.get("history") or [])
-        or train_result.get("seconds_this_attempt")
-        or 0
-    )
-    evaluate_seconds = float(metrics.get("seconds") or 0)
-    evaluate_gpus = int(metrics.get("gpus") or 0)
-    gpu_seconds = train_result.get("gpu_seconds")
-    if gpu_seconds is None:
-        gpu_seconds = train_seconds * gpus
+    gpus = train_result.gpus
+    train_seconds = train_result.train_seconds or train_result.seconds_this_attempt
+    evaluate_seconds = metrics.seconds
     return {
         "train_seconds": round(train_seconds, 1),
         "train_gpus": gpus,
         "evaluate_seconds": round(evaluate_seconds, 1),
-        "evaluate_gpus": evaluate_gpus,
-        "gpu_seconds": round(float(gpu_seconds) + evaluate_seconds * evaluate_gpus, 1),
+        "evaluate_gpus": metrics.gpus,
+        "gpu_seconds": round(train_seconds * gpus + evaluate_seconds * metrics.gpus, 1),
     }
-
-
-def _per_class_ap(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: (entry or {}).get("ap_50_95") for name, entry in (metrics.get("per_class") or {}).items()}

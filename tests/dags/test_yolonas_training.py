@@ -14,8 +14,8 @@ from conftest import REPO, MotoS3
 
 DAG_ID = "yolonas_training"
 DRIFT_DAG_ID = "yolonas_drift"
-TASKS = ["materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
-DRIFT_TASKS = ["materialize", "detect_drift", "drift_gate", "emit_drift_event"]
+TASKS = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
+DRIFT_TASKS = ["settings", "materialize", "detect_drift", "drift_gate", "emit_drift_event"]
 SMALL_RUN = {"epochs": 1, "batch_size": 8, "input_size": 128, "workers": 0, "mixed_precision": False}
 SCHEDULE_VARIABLES = (
     "YOLONAS_TRAINING_SCHEDULE",
@@ -79,7 +79,8 @@ def test_every_dag_has_docs_tags_owner_retries_and_failure_callbacks(dagbag, dag
     assert dag.owner == "ml-platform"
     assert dag.on_failure_callback
     for task in dag.tasks:
-        assert task.on_failure_callback, task.task_id
+        # every failed attempt logs its FAILED line, the ones that will be retried too
+        assert task.on_failure_callback and task.on_retry_callback, task.task_id
     # stages that read or write S3 or run the trainer retry with backoff
     retried = [t for t in dag.tasks if t.retries >= 1]
     assert "materialize" in {t.task_id for t in retried}
@@ -131,7 +132,10 @@ def test_the_form_has_the_documented_sections(dagbag) -> None:
     assert {sections[k] for k in ("epochs", "batch_size", "input_size", "learning_rate", "mixed_precision")} == {
         "Training"
     }
-    assert sections["backend"] == sections["gpus"] == "Resources"
+    assert sections["gpus"] == "Resources" and sections["preflight"] == "Run"
+    assert "backend" not in params, "the backend is the deployment's (YOLONAS_BACKEND), chosen at parse time"
+    for key in params:
+        assert params.get_param(key).schema.get("description") or key in ("model_name",), f"{key} has no description"
     assert {sections[k] for k in ("publish_bucket", "publish_prefix", "promotion_margin", "class_ap_tolerance")} == {
         "Publishing"
     }
@@ -144,7 +148,6 @@ def test_the_form_has_the_documented_sections(dagbag) -> None:
         ({"input_size": 100}, "multiple of 32"),
         ({"model_name": "yolo_nas_xl"}, "is not one of"),
         ({"checkpoint_sha256": "abc"}, "does not match"),
-        ({"backend": "slurm"}, "is not one of"),
         ({"learning_rate": 0}, "less than or equal to the minimum"),
         ({"publish_bucket": "Not_A_Bucket"}, "does not match"),
         ({"split_map": {"training": "train"}}, "is not one of"),
@@ -183,6 +186,7 @@ def test_preflight_run_stops_before_training_and_reports_the_plan(
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert dag_run.state == "success", states
     assert states == {
+        "settings": "success",
         "materialize": "success",
         "inspect_checkpoint": "success",
         "preflight": "success",
@@ -199,7 +203,11 @@ def test_preflight_run_stops_before_training_and_reports_the_plan(
         plan = row.value if isinstance(row.value, dict) else json.loads(row.value)
     assert plan["preflight"] is True
     assert plan["training"]["epochs"] == 1 and plan["training"]["train_images"] > 0
-    assert plan["training"]["steps_per_epoch"] == -(-plan["training"]["train_images"] // 8)
+    # the trainer's loader drops a partial last batch (build_loader): so does the plan
+    assert plan["training"]["steps_per_epoch"] == plan["training"]["train_images"] // 8
+    assert plan["resources"] == {"backend": "local", "gpus": 0, "processes": 1}  # no GPU on this machine
+    assert plan["train"]["arguments"][:3] == ["-m", "yolonas_pipeline.trainer", "train"]
+    assert "--train-result-uri" in plan["evaluate"]["arguments"]
     assert plan["model"]["num_classes"] == 5
     assert plan["outputs"]["bundle_uri"].startswith(f"s3://{moto_s3.bucket}/models/yolo_nas_s/")
     assert any(line.startswith("preflight: PREFLIGHT") for line in plan["summary"])
@@ -210,7 +218,7 @@ def test_preflight_run_stops_before_training_and_reports_the_plan(
 def test_a_failed_run_logs_one_line_with_its_s3_location(
     fresh_dag, moto_s3: MotoS3, sample_dataset: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from yolonas_pipeline.publish import safe_segment
+    from yolonas_pipeline.contracts import safe_segment
 
     dag = fresh_dag
     missing = f"s3://{moto_s3.bucket}/no/such/checkpoint.pth"
@@ -250,8 +258,8 @@ def test_end_to_end_run_trains_evaluates_and_publishes(fresh_dag, moto_s3: MotoS
     manifest_key = next(k for k in keys if k.startswith("models/yolo_nas_s/") and k.endswith("/manifest.json"))
     storage = Storage(moto_s3.client)
     manifest = verify_bundle(f"s3://{moto_s3.bucket}/{manifest_key.rsplit('/', 1)[0]}", storage=storage)
-    assert set(manifest["files"]) >= {"model.pth", "metrics.json", "dataset_manifest.json"}
-    assert manifest["base_weights"]["licence_note"] == "trained from scratch"
+    assert set(manifest.files) >= {"model.pth", "metrics.json", "dataset_manifest.json"}
+    assert manifest.base_weights["licence_note"] == "trained from scratch"
 
     # the drift DAG finds the snapshot the champion was trained on through what publish wrote
     from yolonas_pipeline.drift import read_champion
@@ -259,3 +267,66 @@ def test_end_to_end_run_trains_evaluates_and_publishes(fresh_dag, moto_s3: MotoS
     champion = read_champion(f"s3://{moto_s3.bucket}/models/yolo_nas_s/champion.json", storage=storage)
     assert champion is not None, "the first published model becomes the champion"
     assert storage.exists(f"{champion.dataset_uri}/manifest.json")
+
+
+# -- input holes: each refused before any work, with a message naming the field ---------------------------------
+def task_states(dag_run: Any) -> dict[str, str | None]:
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def failure_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "yolonas_pipeline.failures"]
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        ({"architecture": "yolo_nas_l"}, "'architecture' (did you mean 'model_name'?)"),
+        ({"epoch": 3}, "'epoch' (did you mean 'epochs'?)"),
+        ({"publish_prefix": "../../etc"}, "publish_prefix='../../etc' has a '.' or '..' segment"),
+        ({"publish_prefix": "models/../../x"}, "has a '.' or '..' segment"),
+        ({"dataset_revision": "x" * 300}, "dataset_revision: String should have at most 256 characters"),
+    ],
+)
+def test_unknown_or_unsafe_settings_fail_the_run_before_any_work(
+    fresh_dag, moto_s3: MotoS3, caplog: pytest.LogCaptureFixture, conf: dict[str, Any], expected: str
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="yolonas_pipeline.failures"):
+        dag_run = fresh_dag.test(run_conf={"preflight": True, **conf})
+    states = task_states(dag_run)
+    assert dag_run.state == "failed", states
+    assert states["settings"] == "failed" and states["materialize"] == "upstream_failed", states
+    line = next(line for line in failure_lines(caplog) if "task settings" in line)
+    assert expected in line, line
+    assert "(try 1 of 1)" in line
+
+
+def test_a_digit_only_checkpoint_sha256_is_checked(
+    fresh_dag, moto_s3: MotoS3, sample_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A digest of digits only used to render as the integer 0 and be taken as "not given"."""
+    weights = tmp_path / "base.pth"
+    weights.write_bytes(b"not the weights the digest describes")
+    conf = {
+        "dataset_source": str(sample_dataset),
+        "preflight": True,
+        "checkpoint_uri": str(weights),
+        "checkpoint_sha256": "0" * 64,
+    }
+    with caplog.at_level(logging.ERROR, logger="yolonas_pipeline.failures"):
+        dag_run = fresh_dag.test(run_conf=conf)
+    assert task_states(dag_run)["inspect_checkpoint"] == "failed"
+    line = next(line for line in failure_lines(caplog) if "task inspect_checkpoint" in line)
+    assert "0" * 64 in line and "sha" in line.lower(), line
+
+
+def test_a_permanent_input_error_fails_its_task_without_retrying(
+    fresh_dag, moto_s3: MotoS3, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no-such-dataset"
+    with caplog.at_level(logging.ERROR, logger="yolonas_pipeline.failures"):
+        dag_run = fresh_dag.test(run_conf={"dataset_source": str(missing), "preflight": True})
+    [materialize] = [ti for ti in dag_run.get_task_instances() if ti.task_id == "materialize"]
+    assert materialize.state == "failed" and materialize.try_number == 1, (materialize.state, materialize.try_number)
+    line = next(line for line in failure_lines(caplog) if "task materialize" in line)
+    assert "(try 1 of 3)" in line and str(missing) in line, line

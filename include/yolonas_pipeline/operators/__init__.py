@@ -3,12 +3,13 @@
 from yolonas_pipeline.operators.checkpoint import InspectCheckpointOperator
 from yolonas_pipeline.operators.materialize import MaterializeDatasetOperator
 from yolonas_pipeline.operators.publish import PublishModelOperator
-from yolonas_pipeline.operators.trainer import EvaluateModelOperator, TrainModelOperator
+from yolonas_pipeline.operators.trainer import TrainerPodOperator, TrainerProcessOperator, trainer_task
 
 __all__ = [
-    "EvaluateModelOperator",
     "InspectCheckpointOperator",
     "MaterializeDatasetOperator",
     "PublishModelOperator",
-    "TrainModelOperator",
+    "TrainerPodOperator",
+    "TrainerProcessOperator",
+    "trainer_task",
 ]

@@ -9,7 +9,9 @@ from airflow.sdk import BaseOperator, Context
 
 from yolonas_pipeline import settings
 from yolonas_pipeline.checkpoint import inspect_checkpoint, plan_classes
+from yolonas_pipeline.contracts import DatasetExport
 from yolonas_pipeline.operators._aws import storage_for
+from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
 
 
 class InspectCheckpointOperator(BaseOperator):
@@ -46,24 +48,24 @@ class InspectCheckpointOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id or settings.load().aws_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        storage = storage_for(self.aws_conn_id)
-        info = None
-        if self.checkpoint_uri:
-            info = inspect_checkpoint(
-                self.checkpoint_uri, storage=storage, expected_sha256=self.checkpoint_sha256 or None
-            )
-            self.log.info(
-                "checkpoint %s: %s, %d classes (%s), read %d of %d bytes",
-                self.checkpoint_uri,
-                info.architecture,
-                info.num_classes,
-                info.state_dict_key or "top level",
-                info.bytes_read,
-                info.size_bytes,
-            )
-        else:
-            self.log.info("no checkpoint given: %s trains from scratch", self.model_name)
-        plan = plan_classes(info, dataset_class_names=self.dataset["class_names"], model_name=self.model_name)
+        with input_errors_fail_without_retry():
+            dataset = DatasetExport.parse(self.dataset, source="the materialize task's result")
+            storage = storage_for(self.aws_conn_id)
+            info = None
+            if self.checkpoint_uri:
+                info = inspect_checkpoint(self.checkpoint_uri, storage=storage, expected_sha256=self.checkpoint_sha256)
+                self.log.info(
+                    "checkpoint %s: %s, %d classes (%s), read %d of %d bytes",
+                    self.checkpoint_uri,
+                    info.architecture,
+                    info.num_classes,
+                    info.state_dict_key or "top level",
+                    info.bytes_read,
+                    info.size_bytes,
+                )
+            else:
+                self.log.info("no checkpoint given: %s trains from scratch", self.model_name)
+            plan = plan_classes(info, dataset_class_names=dataset.class_names, model_name=self.model_name)
         for warning in plan.warnings:
             self.log.warning("%s", warning)
         self.log.info(
@@ -71,4 +73,4 @@ class InspectCheckpointOperator(BaseOperator):
             plan.num_classes,
             plan.checkpoint_num_classes,
         )
-        return {**plan.to_dict(), "checkpoint": info.to_dict() if info else None}
+        return plan.to_xcom()

@@ -8,7 +8,6 @@ on the drift Asset, on which ``yolonas_training`` is scheduled. The event's extr
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetOrTimeSchedule, BaseOperator, Context, CronTriggerTimetable
 
 from yolonas_pipeline import settings
+from yolonas_pipeline.contracts import DatasetManifest, champion_uri, safe_segment
 from yolonas_pipeline.drift import (
     ChampionReference,
     DriftConfig,
@@ -27,10 +27,9 @@ from yolonas_pipeline.drift import (
     write_report,
 )
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.materialize import read_manifest
 from yolonas_pipeline.operators._aws import storage_for
-from yolonas_pipeline.promote import champion_uri
-from yolonas_pipeline.publish import safe_segment
+from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
+from yolonas_pipeline.run_settings import DriftSettings
 from yolonas_pipeline.storage import join_uri
 
 #: Emitted by upstream data pipelines (REST, UI "Create Asset Event") when a new dataset revision lands.
@@ -68,57 +67,6 @@ def schedule_from_env(variable: str, default: str, assets: Asset) -> Any:
     except Exception as exc:
         raise ValueError(f"{variable}={cron!r} is not a cron expression or preset: {exc}") from exc
     return AssetOrTimeSchedule(timetable=timetable, assets=assets)
-
-
-def json_from_env(variable: str) -> dict[str, Any]:
-    """A JSON object from the environment ({} when unset); the error names the variable."""
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{variable} is not valid JSON ({exc}): {text!r}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"{variable} must be a JSON object, got {text!r}")
-    return value
-
-
-def event_conf(triggering_asset_events: Mapping[Any, Sequence[Any]] | None, asset_name: str) -> dict[str, Any]:
-    """``extra["conf"]`` of the newest event of ``asset_name`` that triggered this run ({} if none)."""
-    if not triggering_asset_events:
-        return {}
-    events = [e for asset, found in triggering_asset_events.items() if asset.name == asset_name for e in found]
-    if not events:
-        return {}
-    latest = max(events, key=lambda e: e.timestamp)
-    conf = (latest.extra or {}).get("conf") or {}
-    if not isinstance(conf, Mapping):
-        raise StageInputError(f"the {asset_name} event's extra.conf must be an object, got {conf!r}")
-    return dict(conf)
-
-
-def validated_conf(form: Any, conf: Mapping[str, Any], origin: str) -> dict[str, Any]:
-    """Check ``conf`` against the DAG's Params (``dag.params``) as the trigger form would, value by value."""
-    accepted = sorted(form.keys())
-    unknown = sorted(set(conf) - set(accepted))
-    if unknown:
-        raise StageInputError(f"{origin} sets unknown field(s) {unknown}; accepted: {', '.join(accepted)}")
-    for key, value in conf.items():
-        param = copy.deepcopy(form.get_param(key))  # resolve() stores the value; never touch the DAG's own
-        try:
-            param.resolve(value)
-        except Exception as exc:
-            raise StageInputError(f"{origin} sets {key}={value!r}, which the form refuses: {exc}") from None
-    return dict(conf)
-
-
-def run_settings(
-    params: Mapping[str, Any], triggering_asset_events: Any, *, form: Any, asset_name: str
-) -> dict[str, Any]:
-    """The values a run uses: the form's (``params``), overridden by the triggering event's validated conf."""
-    conf = event_conf(triggering_asset_events, asset_name)
-    return {**params, **validated_conf(form, conf, f"the {asset_name} event")}
 
 
 class DetectDriftOperator(BaseOperator):
@@ -179,6 +127,10 @@ class DetectDriftOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id or defaults.aws_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
+        with input_errors_fail_without_retry():
+            return self._detect(context)
+
+    def _detect(self, context: Context) -> dict[str, Any]:
         if self.when_no_champion not in NO_CHAMPION_POLICIES:
             raise StageInputError(
                 f"when_no_champion={self.when_no_champion!r} is not one of {', '.join(NO_CHAMPION_POLICIES)}"
@@ -187,10 +139,10 @@ class DetectDriftOperator(BaseOperator):
         storage = storage_for(self.aws_conn_id)
         pointer = champion_uri(self.models_uri, self.model_name)
         if self.reference_uri:
-            manifest = read_manifest(self.reference_uri, storage=storage)
+            manifest = DatasetManifest.read_export(self.reference_uri, storage=storage)
             champion: ChampionReference | None = ChampionReference(
                 champion_uri="", bundle_uri="", run_id=None, dataset_uri=self.reference_uri,
-                fingerprint=manifest.get("fingerprint"),
+                fingerprint=manifest.fingerprint,
             )  # fmt: skip
             no_reference = ""
         else:
@@ -229,7 +181,7 @@ class DetectDriftOperator(BaseOperator):
         retrain, action = report.drifted, "emit the drift event: yolonas_training retrains"
         if not report.drifted:
             action = "nothing to do: no drift"
-        elif storage.exists(marker) and not _truthy(self.retrigger):
+        elif storage.exists(marker) and not self.retrigger:
             previous = json.loads(storage.read_text(marker))
             retrain = False
             action = (
@@ -261,44 +213,39 @@ class DetectDriftOperator(BaseOperator):
 
 
 class EmitDriftEventOperator(BaseOperator):
-    """Emit the drift event on every outlet Asset, with scores and the retraining run's form values.
+    """Emit the drift event on every outlet Asset, with scores and the retraining run's settings.
 
-    The event's ``extra["conf"]`` is ``retrain_conf`` plus the drifted dataset (source, and the revision
-    the export resolved to, so the retraining run trains on exactly what drifted). Records the
-    reference/current pair under the detect task's ``marker_uri`` first.
+    The event's ``extra["conf"]`` is what the retraining ``yolonas_training`` run uses
+    (:meth:`~yolonas_pipeline.run_settings.DriftSettings.retraining_conf`): the drifted dataset (source, and
+    the revision the export resolved to, so the retraining trains on exactly what drifted), this drift run's
+    architecture, bucket and prefix, and its *Retraining form values*. Records the reference/current pair
+    under the detect task's ``marker_uri`` first.
 
     :param drift: the detect task's result. (templated)
-    :param dataset_conf: the training form's dataset fields (dataset_source, dataset_revision, schema). (templated)
-    :param retrain_conf: further training form values for the retraining run, e.g. epochs. (templated)
+    :param run_settings: the drift run's resolved :class:`~yolonas_pipeline.run_settings.DriftSettings`. (templated)
     :param aws_conn_id: Airflow connection for S3.
     """
 
-    template_fields: Sequence[str] = ("drift", "dataset_conf", "retrain_conf")
+    template_fields: Sequence[str] = ("drift", "run_settings")
 
     def __init__(
         self,
         *,
         drift: Mapping[str, Any],
-        dataset_conf: Mapping[str, Any] | None = None,
-        retrain_conf: Mapping[str, Any] | None = None,
+        run_settings: Mapping[str, Any],
         aws_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.drift = drift
-        self.dataset_conf = dataset_conf
-        self.retrain_conf = retrain_conf
+        self.run_settings = run_settings
         self.aws_conn_id = aws_conn_id or settings.load().aws_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        if not isinstance(self.retrain_conf or {}, Mapping):
-            raise StageInputError(f"retrain_conf must be an object of training form values, got {self.retrain_conf!r}")
-        retrain_conf = dict(self.retrain_conf or {})
-        dataset_conf = {k: v for k, v in dict(self.dataset_conf or {}).items() if v not in (None, "")}
-        revision = ((self.drift.get("current") or {}).get("source") or {}).get("revision")
-        if revision:
-            dataset_conf["dataset_revision"] = revision
-        conf = {**retrain_conf, **dataset_conf}
+        with input_errors_fail_without_retry():
+            drift_settings = DriftSettings.parse_resolved(self.run_settings)
+            revision = ((self.drift.get("current") or {}).get("source") or {}).get("revision")
+            conf = drift_settings.retraining_conf(dataset_revision=revision)
         emitted_at = datetime.now(UTC).isoformat(timespec="seconds")
         storage_for(self.aws_conn_id).write_text(
             self.drift["marker_uri"],
@@ -322,9 +269,3 @@ class EmitDriftEventOperator(BaseOperator):
         self.log.info("drift event emitted on %s: %s", [o.name for o in self.outlets], self.drift["reason"])
         self.log.info("the retraining run uses: %s", json.dumps(conf, sort_keys=True))
         return extra
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

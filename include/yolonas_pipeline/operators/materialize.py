@@ -10,13 +10,14 @@ from airflow.sdk import BaseOperator, Context
 from yolonas_pipeline import settings
 from yolonas_pipeline.materialize import MaterializeRequest, materialize
 from yolonas_pipeline.operators._aws import storage_for
+from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
 
 
 class MaterializeDatasetOperator(BaseOperator):
     """Materialize a Hugging Face detection dataset into the COCO layout super-gradients reads.
 
     The export lands under ``<output_uri>/<fingerprint>/`` and is reused when already complete. Returns
-    the stage's result (dataset URI, fingerprint, class names, counts) and, for every outlet Asset,
+    the stage's result (a :class:`~yolonas_pipeline.contracts.DatasetExport`) and, for every outlet Asset,
     attaches fingerprint, per-split counts and class histogram to the Asset event's extra.
 
     :param source: hub dataset name, local ``save_to_disk`` folder, or parquet/arrow files. (templated)
@@ -60,24 +61,24 @@ class MaterializeDatasetOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id or config.aws_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        request = MaterializeRequest(
-            source=self.source,
-            output_uri=self.output_uri,
-            revision=self.revision or None,
-            schema=self.schema or None,
-            split_map=self.split_map or None,
-            validation_fraction=self.validation_fraction,
-            seed=self.seed,
-            max_side=int(self.max_side) if self.max_side else None,
-            streaming=self.streaming,
-        )
-        result = materialize(request, storage=storage_for(self.aws_conn_id), log=self.log.info)
-        summary = result.to_dict()
+        with input_errors_fail_without_retry():
+            request = MaterializeRequest(
+                source=self.source,
+                output_uri=self.output_uri,
+                revision=self.revision or None,
+                schema=self.schema or None,
+                split_map=self.split_map or None,
+                validation_fraction=self.validation_fraction,
+                seed=self.seed,
+                max_side=self.max_side,
+                streaming=self.streaming,
+            )
+            export = materialize(request, storage=storage_for(self.aws_conn_id))
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = {
-                "dataset_uri": result.dataset_uri,
-                "fingerprint": result.fingerprint,
-                "splits": result.splits,
-                "class_histogram": result.class_histogram,
+                "dataset_uri": export.dataset_uri,
+                "fingerprint": export.fingerprint,
+                "splits": {name: counts.model_dump() for name, counts in export.splits.items()},
+                "class_histogram": export.class_histogram,
             }
-        return summary
+        return export.to_xcom()

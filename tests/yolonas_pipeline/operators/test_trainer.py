@@ -11,15 +11,35 @@ from typing import Any
 import pytest
 from conftest import REPO
 
+from yolonas_pipeline.contracts import TRAINER_MODULE, ClassPlan, DatasetExport
 from yolonas_pipeline.local_runner import local_argv
-from yolonas_pipeline.trainer_command import TRAINER_MODULE
 
 #: Credentials of the Airflow connection in these tests: they must never reach the pod spec.
 CONN_LOGIN = "AKIAPODSPECLEAKCHECK1"
 CONN_SECRET = "pod-spec-leak-check/secret+value"
-DATASET = {"dataset_uri": "s3://yolonas/datasets/0123456789abcdef", "class_names": ["Coverall", "Gloves", "Mask"]}
-CLASS_PLAN = {"num_classes": 3, "model_name": "yolo_nas_s", "checkpoint_uri": None, "checkpoint_num_classes": None}
+DATASET = DatasetExport(
+    dataset_uri="s3://yolonas/datasets/0123456789abcdef",
+    fingerprint="0123456789abcdef",
+    class_names=["Coverall", "Gloves", "Mask"],
+    splits={"train": {"images": 100, "annotations": 300}, "validation": {"images": 10, "annotations": 30}},
+    class_histogram={"Coverall": 110, "Gloves": 110, "Mask": 110},
+    reused=False,
+    report_uri="s3://yolonas/datasets/0123456789abcdef/report.json",
+    manifest_uri="s3://yolonas/datasets/0123456789abcdef/manifest.json",
+)
+CLASS_PLAN = ClassPlan(model_name="yolo_nas_s", num_classes=3, class_names=["Coverall", "Gloves", "Mask"])
 RUN_ID = "manual__2026-11-26T10:00:00+00:00"
+
+
+class FakeTaskInstance:
+    """What a rendered task sees of its upstream preflight task: the XComs the plan pushed."""
+
+    def __init__(self, xcoms: dict[str, Any]) -> None:
+        self.xcoms = xcoms
+        self.dag_id, self.task_id, self.map_index, self.try_number = "yolonas_training", "train", -1, 1
+
+    def xcom_pull(self, task_ids: Any = None, key: str = "return_value", **kwargs: Any) -> Any:
+        return self.xcoms[key]
 
 
 def airflow_env() -> dict[str, str]:
@@ -47,27 +67,36 @@ def typical(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return settings
 
 
-def render(gpus: int | str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    """The operator after templating and ``prepare``, and its pod serialized as the API server gets it."""
+def render(gpus: int, **settings: Any) -> tuple[Any, dict[str, Any]]:
+    """The DAG's ``train`` task on the kubernetes backend, rendered from a real run plan, and its pod as the
+    API server gets it."""
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG, XComArg
     from kubernetes.client import ApiClient
 
-    from yolonas_pipeline.operators.trainer import TrainModelOperator
+    from yolonas_pipeline.operators.trainer import TrainerPodOperator, trainer_task
+    from yolonas_pipeline.preflight import plan_run
+    from yolonas_pipeline.run_settings import TrainingSettings
 
-    operator = TrainModelOperator(
-        task_id="train",
-        gpus=gpus,
-        dataset=DATASET,
-        class_plan=CLASS_PLAN,
-        # Values arrive as rendered DAG params (strings) in the real DAG.
-        training={"epochs": "{{ params.epochs }}", "batch_size": "32", "input_size": "640", "workers": "0"},
-        **kwargs,
+    run_settings = TrainingSettings.validated({"gpus": gpus, "epochs": 12, "batch_size": 32, **settings}, origin="test")
+    plan = plan_run(
+        run_settings, DATASET, CLASS_PLAN, run_id=RUN_ID, runs_uri="s3://yolonas/runs", backend="kubernetes"
     )
-    ti = SimpleNamespace(dag_id="yolonas_training", task_id="train", map_index=-1, try_number=1)
-    context: Any = {"run_id": RUN_ID, "params": {"epochs": 12}, "ti": ti, "dag": SimpleNamespace()}
+    xcoms = {f"train_{k}": v for k, v in plan.train.model_dump(mode="json").items()}
+    with DAG("yolonas_training", schedule=None):
+        preflight = EmptyOperator(task_id="preflight")
+        operator = trainer_task(task_id="train", plan=XComArg(preflight), command="train")
+    assert isinstance(operator, TrainerPodOperator)
+    context: Any = {"run_id": RUN_ID, "params": {}, "ti": FakeTaskInstance(xcoms), "dag": SimpleNamespace()}
     operator.render_template_fields(context)
-    operator.prepare(context)
     pod = operator.build_pod_request_obj(context, dry_run=True)
     return operator, ApiClient().sanitize_for_serialization(pod)
+
+
+def leaked(pod: dict[str, Any]) -> list[str]:
+    """The connection's credentials found anywhere in the pod spec."""
+    serialized = json.dumps(pod)
+    return [value for value in (CONN_LOGIN, CONN_SECRET) if value in serialized]
 
 
 def validate_schema(pod: dict[str, Any]) -> None:
@@ -112,9 +141,7 @@ def test_typical_gpu_pod_validates_and_has_what_training_needs(typical: dict[str
     # S3 credentials: only a reference to the Secret, never a value.
     assert container["envFrom"] == [{"secretRef": {"name": "yolonas-s3"}}]
     assert not any(name.startswith("AWS_") for name in env)
-    serialized = json.dumps(pod)
-    assert CONN_LOGIN not in serialized and CONN_SECRET not in serialized
-    assert "AKIA" not in serialized
+    assert leaked(pod) == []
 
     # Restricted Pod Security: non-root uid 1000 (the image's user), no privilege escalation, no capabilities.
     security = spec["securityContext"]
@@ -137,7 +164,7 @@ def test_pod_runs_exactly_the_local_backends_command(typical: dict[str, str]) ->
     assert pod_argv[0] == "python" and pod_argv[1:] == local[1:]
     assert pod_argv[1:4] == ["-m", TRAINER_MODULE, "train"]
     flags = dict(zip(pod_argv[4::2], pod_argv[5::2], strict=False))
-    assert flags["--dataset-uri"] == DATASET["dataset_uri"]
+    assert flags["--dataset-uri"] == DATASET.dataset_uri
     assert flags["--output-uri"].startswith("s3://yolonas/runs/") and flags["--output-uri"].endswith("/train")
     assert flags["--num-classes"] == "3" and flags["--epochs"] == "12" and flags["--batch-size"] == "32"
 
@@ -190,7 +217,7 @@ def test_cpu_only_pod_has_no_gpu_scheduling(typical: dict[str, str]) -> None:
     validate_schema(pod)
     [container] = pod["spec"]["containers"]
     assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
-    assert not pod["spec"].get("tolerations") and not pod["spec"].get("nodeSelector")
+    assert not pod["spec"].get("nodeSelector")  # the GPU toleration only permits GPU nodes; nothing requires one
 
 
 def test_repository_manifests_name_what_the_pod_uses(typical: dict[str, str]) -> None:
@@ -206,8 +233,8 @@ def test_repository_manifests_name_what_the_pod_uses(typical: dict[str, str]) ->
 
 
 def test_gpus_from_the_trigger_form_are_applied_at_run_time(typical: dict[str, str]) -> None:
-    """``gpus`` is templated: the form's value decides the pod's GPU limit, resources and launcher."""
-    _, pod = render(gpus="{{ params.epochs // 6 }}")  # renders to "2"
+    """The run's GPUs (a form field) decide the pod's GPU limit, resources and launcher through the plan."""
+    _, pod = render(gpus=2)
     validate_schema(pod)
     [container] = pod["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -216,8 +243,32 @@ def test_gpus_from_the_trigger_form_are_applied_at_run_time(typical: dict[str, s
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
-def test_a_bad_gpu_count_is_refused_with_its_value(typical: dict[str, str]) -> None:
-    from yolonas_pipeline.errors import StageInputError
+def test_the_leak_check_finds_a_credential_in_the_pod(typical: dict[str, str]) -> None:
+    """The credential checks above are not vacuous: a secret put into the pod spec is found."""
+    from kubernetes.client import ApiClient
+    from kubernetes.client import models as k8s
 
-    with pytest.raises(StageInputError, match="gpus='two' is not a whole number"):
-        render(gpus="two")
+    operator, _ = render(gpus=1)
+    operator.env_vars = [*operator.env_vars, k8s.V1EnvVar(name="AWS_SECRET_ACCESS_KEY", value=CONN_SECRET)]
+    pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj({}, dry_run=True))
+    assert leaked(pod) == [CONN_SECRET]
+
+
+def test_the_backend_is_chosen_when_the_dag_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG, XComArg
+
+    from yolonas_pipeline.operators.trainer import TrainerPodOperator, TrainerProcessOperator, trainer_task
+
+    with DAG("backends", schedule=None):
+        plan = XComArg(EmptyOperator(task_id="preflight"))
+        monkeypatch.setenv("YOLONAS_BACKEND", "local")
+        local = trainer_task(task_id="train_local", plan=plan, command="train")
+        monkeypatch.setenv("YOLONAS_BACKEND", "kubernetes")
+        pod = trainer_task(task_id="train_pod", plan=plan, command="evaluate")
+        monkeypatch.setenv("YOLONAS_BACKEND", "slurm")
+        with pytest.raises(ValueError, match="YOLONAS_BACKEND='slurm' is not one of local, kubernetes"):
+            trainer_task(task_id="train_slurm", plan=plan, command="train")
+    assert type(local) is TrainerProcessOperator and type(pod) is TrainerPodOperator
+    assert pod.do_xcom_push is False  # no sidecar; the task pushes the result it reads from S3
+    assert local.upstream_task_ids == pod.upstream_task_ids == {"preflight"}

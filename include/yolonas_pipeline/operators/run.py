@@ -1,0 +1,104 @@
+"""The two small tasks around the stages: resolve the run's settings once, and plan the run (preflight).
+
+Plain functions over the task context, so the DAG files stay declarative: ``@task`` wrappers there call these.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from yolonas_pipeline import settings as deployment
+from yolonas_pipeline.contracts import ClassPlan, DatasetExport, RunPlan
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
+from yolonas_pipeline.preflight import Backend, plan_run
+from yolonas_pipeline.run_settings import DatasetFields, RunSettings, Settings, TrainingSettings, event_conf, resolve
+
+log = logging.getLogger(__name__)
+
+
+def resolve_run_settings(
+    model: type[Settings], context: Mapping[str, Any], *, event_asset: str | None = None
+) -> dict[str, Any]:
+    """The run's settings, validated once: the form (``params``), the trigger's conf and, when ``event_asset``
+    started the run, its event's ``conf``. Logged, and returned for XCom (one key per field too)."""
+    with input_errors_fail_without_retry():
+        dag_run = context.get("dag_run")
+        conf = getattr(dag_run, "conf", None) or {}
+        if not isinstance(conf, Mapping):
+            raise StageInputError(f"the run's conf must be a JSON object, got {conf!r}")
+        event = event_conf(context.get("triggering_asset_events"), event_asset) if event_asset else {}
+        resolved = resolve(
+            model,
+            params=context.get("params") or {},
+            conf=conf,
+            event=event,
+            event_origin=f"the {event_asset} event" if event_asset else "the triggering asset event",
+        )
+    for key, value in resolved.to_xcom().items():
+        log.info("setting %s = %r", key, value)
+    if isinstance(resolved, DatasetFields) and "ti" in context:
+        # Derived, for the tasks that take the models root as one value.
+        context["ti"].xcom_push(key="models_uri", value=resolved.models_uri)
+    return resolved.to_xcom()
+
+
+def trigger_of(context: Mapping[str, Any]) -> dict[str, Any]:
+    """How the run started: its run type and, for an asset-triggered run, the asset and event extra."""
+    run_type = getattr(context.get("dag_run"), "run_type", None)
+    trigger: dict[str, Any] = {"run_type": str(getattr(run_type, "value", run_type) or "")}
+    for asset, found in (context.get("triggering_asset_events") or {}).items():
+        if found:
+            latest = max(found, key=lambda e: e.timestamp)
+            trigger["asset"] = asset.name
+            trigger["event"] = {k: v for k, v in (latest.extra or {}).items() if k != "conf"}
+    return trigger
+
+
+def preflight(
+    run_settings: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    class_plan: Mapping[str, Any],
+    context: Mapping[str, Any],
+    *,
+    backend: Backend | None = None,
+) -> RunPlan:
+    """Plan the run, log the plan, and push each trainer command's parts for the train and evaluate tasks."""
+    with input_errors_fail_without_retry():
+        config = deployment.load()
+        plan = plan_run(
+            TrainingSettings.parse_resolved(run_settings),
+            DatasetExport.parse(dataset, source="the materialize task's result"),
+            ClassPlan.parse(class_plan, source="the inspect_checkpoint task's result"),
+            run_id=str(context["run_id"]),
+            runs_uri=config.runs_uri,
+            backend=backend or config.backend,  # type: ignore[arg-type]  # checked by settings.load users
+            trigger=trigger_of(context),
+        )
+    for line in plan.summary:
+        log.info("%s", line)
+    ti = context["ti"]
+    for name, command in (("train", plan.train), ("evaluate", plan.evaluate)):
+        for part, value in command.model_dump(mode="json").items():
+            ti.xcom_push(key=f"{name}_{part}", value=value)
+    return plan
+
+
+def preflight_gate(
+    run_settings: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    class_plan: Mapping[str, Any],
+    context: Mapping[str, Any],
+) -> dict[str, Any] | bool:
+    """The ``preflight`` short circuit's condition: the plan (go on) or False (a preflight run stops here)."""
+    plan = preflight(run_settings, dataset, class_plan, context)
+    if plan.preflight:
+        # A short circuit that stops pushes no return value; push the plan so the UI and API show it.
+        context["ti"].xcom_push(key="return_value", value=plan.to_xcom())
+        return False
+    return plan.to_xcom()
+
+
+__all__ = ["RunSettings", "preflight", "preflight_gate", "resolve_run_settings", "trigger_of"]
