@@ -40,9 +40,9 @@ from yolonas_pipeline.materialize import MaterializeRequest, materialize
 from yolonas_pipeline.storage import Storage
 src, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t = time.time()
-result = materialize(MaterializeRequest(src, out, workers=workers), storage=Storage(), log=lambda line: None)
+result = materialize(MaterializeRequest(src, out, workers=workers), storage=Storage())
 dt = time.time() - t
-n = sum(s["images"] for s in result.splits.values())
+n = sum(s.images for s in result.splits.values())
 report = json.load(open(result.report_uri))
 print(json.dumps({"way": "materialize", "n": n, "s": round(dt, 2), "img_s": round(n / dt, 1),
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 JPEG_QUALITY = 95
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -61,7 +61,7 @@ def _exif_orientation(data: bytes | memoryview, start: int, end: int) -> int | N
         big = True
     else:
         return None
-    endian = "big" if big else "little"
+    endian: Literal["big", "little"] = "big" if big else "little"
     ifd = start + int.from_bytes(data[start + 4 : start + 8], endian)
     if ifd + 2 > end:
         return None

@@ -428,7 +428,8 @@ def _resolve_revision(name: str, revision: str | None, offline: bool) -> str | N
             return ref.read_text().strip() if ref.is_file() else None
         from huggingface_hub import HfApi
 
-        return HfApi().dataset_info(name, revision=revision).sha
+        sha = HfApi().dataset_info(name, revision=revision).sha
+        return str(sha) if sha else None
     except Exception:
         return None
 

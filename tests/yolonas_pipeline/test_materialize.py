@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import signal
@@ -19,14 +20,14 @@ import pytest
 from PIL import Image
 
 from yolonas_pipeline import materialize as materialize_module
-from yolonas_pipeline import materialize_sources
+from yolonas_pipeline import materialize_pipeline, materialize_sources, materialize_writer
+from yolonas_pipeline.contracts import DatasetExport, DatasetManifest
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize import (
     FORMAT,
     MaterializeRequest,
     SchemaConfig,
     materialize,
-    read_manifest,
 )
 from yolonas_pipeline.storage import Storage
 
@@ -116,26 +117,31 @@ def report(dataset_uri: str) -> dict[str, Any]:
     return json.loads(Path(dataset_uri, "report.json").read_text())
 
 
-def run(source: Path | str, out: Path, **kwargs: Any) -> materialize_module.MaterializeResult:
-    lines: list[str] = []
+def run(source: Path | str, out: Path, **kwargs: Any) -> DatasetExport:
     kwargs.setdefault("workers", 0)
-    result = materialize(MaterializeRequest(str(source), str(out), **kwargs), storage=Storage(), log=lines.append)
-    assert any("materialize:" in line for line in lines)
-    return result
+    return materialize(MaterializeRequest(str(source), str(out), **kwargs), storage=Storage())
+
+
+def read_manifest(dataset_uri: str, storage: Storage | None = None) -> DatasetManifest:
+    return DatasetManifest.read_export(dataset_uri, storage=storage or Storage())
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name.startswith("yolonas_pipeline.")]
 
 
 # -- the sample dataset end to end ----------------------------------------------------------------
 
 
-def test_cppe5_export_layout_passthrough_and_manifest(sample_dataset: Path, tmp_path: Path) -> None:
+def test_cppe5_export_layout_passthrough_and_manifest(
+    sample_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from datasets import Image as ImageFeature
     from datasets import load_from_disk
     from pycocotools.coco import COCO
 
-    lines: list[str] = []
-    result = materialize(
-        MaterializeRequest(str(sample_dataset), str(tmp_path / "out")), storage=Storage(), log=lines.append
-    )
+    caplog.set_level(logging.INFO, logger="yolonas_pipeline")
+    result = materialize(MaterializeRequest(str(sample_dataset), str(tmp_path / "out")), storage=Storage())
     assert not result.reused
     assert result.dataset_uri == str(tmp_path / "out" / result.fingerprint)
     assert result.class_names == ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
@@ -145,7 +151,7 @@ def test_cppe5_export_layout_passthrough_and_manifest(sample_dataset: Path, tmp_
         ann = coco(result.dataset_uri, split)
         assert [c["id"] for c in ann["categories"]] == [1, 2, 3, 4, 5]
         assert [c["name"] for c in ann["categories"]] == result.class_names
-        assert len(ann["images"]) == rows.num_rows == result.splits[split]["images"]
+        assert len(ann["images"]) == rows.num_rows == result.splits[split].images
         assert len(ann["annotations"]) == sum(len(r["objects"]["bbox"]) for r in rows)
         for entry, row in zip(ann["images"], rows, strict=True):
             written = Path(result.dataset_uri, "images", split, entry["file_name"]).read_bytes()
@@ -158,39 +164,81 @@ def test_cppe5_export_layout_passthrough_and_manifest(sample_dataset: Path, tmp_
             assert all(a["iscrowd"] == 0 and a["area"] == a["bbox"][2] * a["bbox"][3] for a in mine)
         loaded = COCO(str(Path(result.dataset_uri, "annotations", f"{split}.json")))
         assert len(loaded.getImgIds()) == rows.num_rows
-    manifest = read_manifest(result.dataset_uri, storage=Storage())
-    assert manifest["format"] == FORMAT
-    assert manifest["fingerprint"] == result.fingerprint
-    assert manifest["splits"]["train"]["images_dir"] == "images/train"
-    assert manifest["splits"]["validation"]["annotation_file"] == "annotations/validation.json"
-    assert manifest["source"]["schema"]["name"] == "cppe5"
+    manifest = read_manifest(result.dataset_uri)
+    assert manifest.format == FORMAT == "yolonas-pipeline/coco-detection@1"
+    assert manifest.fingerprint == result.fingerprint
+    assert manifest.splits["train"].images_dir == "images/train"
+    assert manifest.splits["validation"].annotation_file == "annotations/validation.json"
+    assert manifest.source.schema_["name"] == "cppe5"
+    assert json.loads(Path(result.manifest_uri).read_text())["source"]["schema"]["name"] == "cppe5"  # the alias
     files = [p for p in Path(result.dataset_uri).rglob("*") if p.is_file()]
-    assert manifest["files"] == len(files) - 1  # everything but the manifest itself
-    assert sum(result.class_histogram.values()) == sum(s["annotations"] for s in result.splits.values())
-    assert json.loads(json.dumps(result.to_dict())) == result.to_dict()
-    assert any(line.startswith("materialize: done") for line in lines)
+    assert manifest.files == len(files) - 1  # everything but the manifest itself
+    assert sum(result.class_histogram.values()) == sum(s.annotations for s in result.splits.values())
+    assert (result.source, result.revision) == (str(sample_dataset), None)
+    assert result.report_uri == str(Path(result.dataset_uri, "report.json"))
+    assert DatasetExport.parse(json.loads(json.dumps(result.to_xcom())), source="xcom") == result
+    assert any(line.startswith("materialize: done") for line in messages(caplog))
 
 
-def test_second_run_reuses_and_writes_nothing(sample_dataset: Path, tmp_path: Path) -> None:
+def test_second_run_reuses_and_writes_nothing(
+    sample_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     first = run(sample_dataset, tmp_path)
     marker = Path(first.manifest_uri).stat().st_mtime_ns
     storage = Storage()
-    lines: list[str] = []
-    again = materialize(MaterializeRequest(str(sample_dataset), str(tmp_path)), storage=storage, log=lines.append)
+    caplog.set_level(logging.INFO, logger="yolonas_pipeline")
+    again = materialize(MaterializeRequest(str(sample_dataset), str(tmp_path)), storage=storage)
     assert again.reused and again.fingerprint == first.fingerprint and again.splits == first.splits
+    assert again.model_copy(update={"reused": False}) == first
     assert Path(first.manifest_uri).stat().st_mtime_ns == marker
-    assert any("nothing to do" in line for line in lines)
+    assert any("nothing to do" in line for line in messages(caplog))
     # a setting that changes the output changes the fingerprint
     assert run(sample_dataset, tmp_path, max_side=160).fingerprint != first.fingerprint
 
 
 def test_read_manifest_of_incomplete_export_names_the_uri(tmp_path: Path) -> None:
     with pytest.raises(StageInputError, match=str(tmp_path / "nope")):
-        read_manifest(str(tmp_path / "nope"), storage=Storage())
+        read_manifest(str(tmp_path / "nope"))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "manifest.json").write_text('{"format": "other"}')
     with pytest.raises(StageInputError, match="format"):
-        read_manifest(str(tmp_path / "bad"), storage=Storage())
+        read_manifest(str(tmp_path / "bad"))
+
+
+def test_deprecated_read_manifest_still_returns_the_manifest_as_a_dict(sample_dataset: Path, tmp_path: Path) -> None:
+    result = run(sample_dataset, tmp_path)
+    with pytest.warns(DeprecationWarning, match="read_export"):
+        manifest = materialize_module.read_manifest(result.dataset_uri, storage=Storage())
+    assert manifest == json.loads(Path(result.manifest_uri).read_text())
+    assert manifest["splits"]["train"]["images"] == result.splits["train"].images
+    with pytest.warns(DeprecationWarning), pytest.raises(StageInputError, match="incomplete"):
+        materialize_module.read_manifest(str(tmp_path / "nope"), storage=Storage())
+
+
+def test_manifest_of_an_earlier_export_still_reads(tmp_path: Path) -> None:
+    """A manifest.json as the exporter wrote it before the contracts (keys unsorted, no defaults filled)."""
+    earlier = {
+        "format": "yolonas-pipeline/coco-detection@1",
+        "fingerprint": "0123456789abcdef",
+        "class_names": ["a", "b"],
+        "splits": {
+            "train": {
+                "images": 3,
+                "annotations": 4,
+                "images_dir": "images/train",
+                "annotation_file": "annotations/train.json",
+            }
+        },
+        "class_histogram": {"a": 3, "b": 1},
+        "source": {"source": "some/dataset", "revision": "abc", "schema": {"name": "cppe5"}},
+        "report_file": "report.json",
+        "files": 5,
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(earlier, indent=2) + "\n")
+    manifest = read_manifest(str(tmp_path))
+    assert json.loads(manifest.to_json()) == earlier
+    export = DatasetExport.from_manifest(str(tmp_path), manifest, reused=True)
+    assert (export.source, export.revision, export.images("train")) == ("some/dataset", "abc", 3)
 
 
 # -- schemas and box formats ------------------------------------------------------------------------
@@ -240,7 +288,7 @@ def test_each_preset(tmp_path: Path, preset: str, layout: str, fmt: tuple[str, b
 def test_auto_detects_the_common_layouts(tmp_path: Path, layout: str) -> None:
     source = _one_box_dataset(tmp_path / "src", layout, AS_FORMAT[("xywh", False)])
     result = run(source, tmp_path / "out")  # schema=None: detect
-    assert read_manifest(result.dataset_uri, storage=Storage())["source"]["schema"]["name"] == layout
+    assert read_manifest(result.dataset_uri).source.schema_["name"] == layout
     assert [a["bbox"] for a in coco(result.dataset_uri, "train")["annotations"]] == [EXPECTED, EXPECTED]
 
 
@@ -318,7 +366,7 @@ def test_seeded_validation_split_is_reproducible(tmp_path: Path) -> None:
     a = run(source, tmp_path / "a", validation_fraction=0.25, seed=1)
     b = run(source, tmp_path / "b", validation_fraction=0.25, seed=1)
     c = run(source, tmp_path / "c", validation_fraction=0.25, seed=2)
-    assert a.splits["validation"]["images"] == 5 and a.splits["train"]["images"] == 15
+    assert a.splits["validation"].images == 5 and a.splits["train"].images == 15
     assert a.fingerprint == b.fingerprint != c.fingerprint
     for split in ("train", "validation"):
         assert (
@@ -483,7 +531,7 @@ def test_every_kind_of_bad_row_is_dropped_and_counted(tmp_path: Path) -> None:
     ann = coco(result.dataset_uri, "train")
     assert [a["bbox"] for a in ann["annotations"]] == [[10.0, 10.0, 20.0, 20.0], [90.0, 70.0, 10.0, 10.0]]
     assert len(ann["images"]) == train["images"]
-    assert result.splits["train"] == {"images": train["images"], "annotations": 2}
+    assert result.splits["train"].model_dump() == {"images": train["images"], "annotations": 2}
 
 
 def test_no_usable_training_data_is_an_error_and_leaves_no_manifest(tmp_path: Path) -> None:
@@ -568,9 +616,7 @@ def test_parquet_folder_glob_and_single_file(tmp_path: Path, sample_dataset: Pat
     from_glob = run(str(folder / "data" / "*.parquet"), tmp_path / "out")
     assert from_glob.fingerprint == from_folder.fingerprint and from_glob.reused
     single = run(folder / "data" / "train-00000-of-00001.parquet", tmp_path / "out")
-    assert (
-        single.splits["train"]["images"] + single.splits["validation"]["images"] == reference.splits["train"]["images"]
-    )
+    assert single.splits["train"].images + single.splits["validation"].images == reference.splits["train"].images
 
 
 def test_arrow_files_with_a_split_in_their_names(tmp_path: Path, sample_dataset: Path) -> None:
@@ -600,10 +646,10 @@ def test_hub_code_path_on_a_local_repository_folder(
     monkeypatch.setattr(materialize_module, "looks_local", lambda source: False)
     monkeypatch.setattr(materialize_sources, "looks_local", lambda source: False)
     result = run(str(folder), tmp_path / "out", streaming=streaming)
-    assert read_manifest(result.dataset_uri, storage=Storage())["source"]["source"] == str(folder)
+    assert read_manifest(result.dataset_uri).source.source == str(folder) == result.source
     for split in ("train", "validation"):
         assert _annotation_entries(result, split) == _annotation_entries(reference, split)
-    assert reference_rows == result.splits["train"]["images"]
+    assert reference_rows == result.splits["train"].images
 
 
 def test_hub_offline_unknown_dataset_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -622,35 +668,32 @@ def test_s3_output_matches_local_and_is_reused(moto_s3: Any, tmp_path: Path, sam
     bucket = moto_s3.new_bucket()
     storage = Storage(moto_s3.client)
     local = run(sample_dataset, tmp_path / "local")
-    lines: list[str] = []
-    result = materialize(
-        MaterializeRequest(str(sample_dataset), f"s3://{bucket}/exports", workers=0), storage=storage, log=lines.append
-    )
+    result = materialize(MaterializeRequest(str(sample_dataset), f"s3://{bucket}/exports", workers=0), storage=storage)
     assert result.dataset_uri == f"s3://{bucket}/exports/{local.fingerprint}"
     keys = storage.list_files(result.dataset_uri)
-    manifest = read_manifest(result.dataset_uri, storage=storage)
-    assert len(keys) == manifest["files"] + 1
+    manifest = read_manifest(result.dataset_uri, storage)
+    assert len(keys) == manifest.files + 1
     for split in ("train", "validation"):
         remote = storage.read_bytes(f"{result.dataset_uri}/annotations/{split}.json")
         assert remote == Path(local.dataset_uri, "annotations", f"{split}.json").read_bytes()
     some_image = next(k for k in keys if k.startswith("images/train/"))
     assert storage.read_bytes(f"{result.dataset_uri}/{some_image}") == Path(local.dataset_uri, some_image).read_bytes()
     again = materialize(
-        MaterializeRequest(str(sample_dataset), f"s3://{bucket}/exports"), storage=Storage(moto_s3.client), log=print
+        MaterializeRequest(str(sample_dataset), f"s3://{bucket}/exports"), storage=Storage(moto_s3.client)
     )
-    assert again.reused and again.to_dict() | {"reused": False} == result.to_dict()
+    assert again.reused and again.to_xcom() | {"reused": False} == result.to_xcom()
 
 
 def test_default_workers_follow_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[int] = []
 
-    class RecordingPool(materialize_module.ConversionPool):
+    class RecordingPool(materialize_pipeline.ConversionPool):
         def __init__(self, workers: int) -> None:
             started.append(workers)
             super().__init__(workers)
 
-    monkeypatch.setattr(materialize_module, "available_cpus", lambda: 3)  # e.g. a 3-CPU pod on a 64-core node
-    monkeypatch.setattr(materialize_module, "ConversionPool", RecordingPool)
+    monkeypatch.setattr(materialize_pipeline, "available_cpus", lambda: 3)  # e.g. a 3-CPU pod on a 64-core node
+    monkeypatch.setattr(materialize_pipeline, "ConversionPool", RecordingPool)
     images = list(_non_jpeg_images().values())
     cols = objects_rows(images, [[[1, 1, 20, 20]]] * len(images), [[0]] * len(images))
     source = save_splits(tmp_path / "src", {"train": cols, "validation": cols}, objects_features())
@@ -677,11 +720,11 @@ def test_converted_images_reach_s3_from_the_worker_processes(moto_s3: Any, tmp_p
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from yolonas_pipeline import materialize as stage
+    from yolonas_pipeline import materialize as stage, materialize_writer
     from yolonas_pipeline.storage import Storage
 
     written = 0
-    write_file = stage._write_file
+    write_file = materialize_writer.write_file
 
     def write_then_die(path, *args):
         global written
@@ -690,7 +733,7 @@ KILLER = textwrap.dedent(
         if written == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a killed worker
 
-    stage._write_file = write_then_die
+    materialize_writer.write_file = write_then_die
     stage.materialize(stage.MaterializeRequest(sys.argv[1], sys.argv[2], workers=0), storage=Storage())
     """
 )
@@ -706,7 +749,7 @@ def test_killed_run_leaves_nothing_complete_and_rerun_is_byte_identical(tmp_path
     assert list(out.rglob("*.jpg")), "the run should have been killed after writing some images"
     assert not list(out.rglob("manifest.json"))
     with pytest.raises(StageInputError, match="incomplete"):
-        read_manifest(str(next(out.iterdir())), storage=Storage())
+        read_manifest(str(next(out.iterdir())))
     rerun = run(sample_dataset, out)
     assert not rerun.reused
     clean = run(sample_dataset, tmp_path / "clean")
@@ -717,12 +760,12 @@ def test_killed_run_leaves_nothing_complete_and_rerun_is_byte_identical(tmp_path
     assert Path(rerun.manifest_uri).read_bytes() == Path(clean.manifest_uri).read_bytes()
 
 
-def test_progress_is_logged(sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(materialize_module, "PROGRESS_EVERY_S", 0.0)
+def test_progress_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(materialize_pipeline, "PROGRESS_EVERY_S", 0.0)
     bigger = _train_only(tmp_path / "src", 130)
-    lines: list[str] = []
-    materialize(MaterializeRequest(str(bigger), str(tmp_path / "out"), workers=0), storage=Storage(), log=lines.append)
-    progress = [line for line in lines if "rows/s, ETA" in line]
+    caplog.set_level(logging.INFO, logger="yolonas_pipeline")
+    materialize(MaterializeRequest(str(bigger), str(tmp_path / "out"), workers=0), storage=Storage())
+    progress = [line for line in messages(caplog) if "rows/s, ETA" in line]
     assert progress and "/130 rows" in progress[0]
 
 
@@ -820,7 +863,7 @@ def test_write_falls_back_when_sendfile_is_refused(
         calls.append(count)
         raise OSError(errno.EINVAL, "no file-to-file sendfile here")
 
-    monkeypatch.setattr(materialize_module, "_send", refuse)
+    monkeypatch.setattr(materialize_writer, "_send", refuse)
     result = run(sample_dataset, tmp_path / "out")
     assert calls, "passthrough images from a mapped file should try sendfile first"
     for path in Path(reference.dataset_uri, "images").rglob("*.jpg"):

@@ -141,7 +141,7 @@ UNGUARDED = textwrap.dedent(
     rows = {"image": [png(i) for i in range(40)], "objects": [{"bbox": [[1, 1, 8, 8]], "category": [0]}] * 40}
     Dataset.from_dict(rows, features=features).save_to_disk(sys.argv[1] + "/src")
     result = materialize(MaterializeRequest(sys.argv[1] + "/src", sys.argv[1] + "/out", workers=3), storage=Storage())
-    print("converted", sum(split["images"] for split in result.splits.values()))
+    print("converted", sum(split.images for split in result.splits.values()))
     """
 )
 
