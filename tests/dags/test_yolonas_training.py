@@ -135,7 +135,7 @@ def test_the_form_has_the_documented_sections(dagbag) -> None:
     assert sections["gpus"] == "Resources" and sections["preflight"] == "Run"
     assert "backend" not in params, "the backend is the deployment's (YOLONAS_BACKEND), chosen at parse time"
     for key in params:
-        assert params.get_param(key).schema.get("description") or key in ("model_name",), f"{key} has no description"
+        assert params.get_param(key).description or key == "model_name", f"{key} has no description"
     assert {sections[k] for k in ("publish_bucket", "publish_prefix", "promotion_margin", "class_ap_tolerance")} == {
         "Publishing"
     }
@@ -206,7 +206,8 @@ def test_preflight_run_stops_before_training_and_reports_the_plan(
     # the trainer's loader drops a partial last batch (build_loader): so does the plan
     assert plan["training"]["steps_per_epoch"] == plan["training"]["train_images"] // 8
     assert plan["resources"] == {"backend": "local", "gpus": 0, "processes": 1}  # no GPU on this machine
-    assert plan["train"]["arguments"][:3] == ["-m", "yolonas_pipeline.trainer", "train"]
+    assert plan["train"]["cmds"] == ["python", "-m", "yolonas_pipeline.trainer"]
+    assert plan["train"]["arguments"][0] == "train"
     assert "--train-result-uri" in plan["evaluate"]["arguments"]
     assert plan["model"]["num_classes"] == 5
     assert plan["outputs"]["bundle_uri"].startswith(f"s3://{moto_s3.bucket}/models/yolo_nas_s/")

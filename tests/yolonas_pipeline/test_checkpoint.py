@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from yolonas_pipeline import contracts
 from yolonas_pipeline.checkpoint import CheckpointInfo, ClassPlan, inspect_checkpoint, plan_classes
 from yolonas_pipeline.errors import CheckpointError, StageInputError
 from yolonas_pipeline.storage import Storage
@@ -459,7 +460,14 @@ def s_info(sg_checkpoints: Checkpoints) -> CheckpointInfo:
 
 def test_plan_counts_match(s_info: CheckpointInfo) -> None:
     plan = plan_classes(s_info, dataset_class_names=["dog", "cat", "bird"], model_name="YOLO_NAS_S")
-    assert plan == ClassPlan("yolo_nas_s", 3, ["dog", "cat", "bird"], s_info.uri, 3, [])
+    assert plan == ClassPlan(
+        model_name="yolo_nas_s",
+        num_classes=3,
+        class_names=["dog", "cat", "bird"],
+        checkpoint_uri=s_info.uri,
+        checkpoint_num_classes=3,
+        checkpoint=contracts.CheckpointInfo(**s_info.to_dict()),
+    )
     json.dumps(plan.to_dict())
 
 
@@ -490,7 +498,7 @@ def test_plan_names_differ_warns(s_info: CheckpointInfo) -> None:
 
 def test_plan_from_scratch_and_bad_input(s_info: CheckpointInfo) -> None:
     plan = plan_classes(None, dataset_class_names=("a", "b"), model_name="yolo_nas_m")
-    assert plan == ClassPlan("yolo_nas_m", 2, ["a", "b"], None, None, [])
+    assert plan == ClassPlan(model_name="yolo_nas_m", num_classes=2, class_names=["a", "b"])
     with pytest.raises(StageInputError, match=r"yolo_nas_xl.*yolo_nas_s"):
         plan_classes(None, dataset_class_names=["a"], model_name="yolo_nas_xl")
     with pytest.raises(StageInputError, match="dataset_class_names is empty"):

@@ -121,7 +121,7 @@ def test_a_bad_document_names_its_source_and_field(tmp_path: Path, change: dict[
 
 
 def test_a_missing_export_manifest_says_the_export_is_incomplete(tmp_path: Path) -> None:
-    with pytest.raises(StageInputError, match="the export at .* is incomplete"):
+    with pytest.raises(StageInputError, match=r"the export at .* is incomplete"):
         DatasetManifest.read_export(str(tmp_path), storage=Storage())
 
 
@@ -156,7 +156,7 @@ def test_a_train_result_without_a_format_field_still_reads() -> None:
 
 
 def test_the_champion_pointer_refuses_another_format() -> None:
-    with pytest.raises(StageInputError, match="champion.json is not a valid ChampionPointer: .*format"):
+    with pytest.raises(StageInputError, match=r"champion\.json is not a valid ChampionPointer: .*format"):
         ChampionPointer.parse({"format": "something/else@1"}, source="champion.json")
 
 

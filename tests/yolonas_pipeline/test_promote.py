@@ -12,21 +12,67 @@ import pytest
 from conftest import MotoS3
 
 from yolonas_pipeline import promote
+from yolonas_pipeline.contracts import ChampionPointer, ChampionScore, Metrics, PromotionDecision
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.storage import Storage
 
 
-def metrics(map_50_95: float, classes: dict[str, float], *, fingerprint: str = "fp1", split: str = "test") -> dict:
-    return {
-        "map_50": min(1.0, map_50_95 + 0.2),
-        "map_50_95": map_50_95,
-        "split": split,
-        "dataset_fingerprint": fingerprint,
-        "images": 50,
-        "input_size": 640,
-        "class_names": sorted(classes),
-        "per_class": {name: {"ap_50_95": ap, "ap_50": min(1.0, ap + 0.2), "boxes": 10} for name, ap in classes.items()},
+def metrics(map_50_95: float, classes: dict[str, float], *, fingerprint: str = "fp1", split: str = "test") -> Metrics:
+    per_class = {
+        name: {"ap_50_95": ap, "ap_50": min(1.0, ap + 0.2), "boxes": 10, "images": 5, "predictions": 12}
+        | {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+        for name, ap in classes.items()
     }
+    return Metrics.parse(
+        {
+            "map_50": min(1.0, map_50_95 + 0.2),
+            "map_50_95": map_50_95,
+            "precision": 0.5,
+            "recall": 0.5,
+            "f1": 0.5,
+            "best_f1": {"f1": 0.5, "score_threshold": 0.3},
+            "per_class": per_class,
+            "confusion_matrix": {},
+            "worst_images": [],
+            "split": split,
+            "images": 50,
+            "class_names": sorted(classes),
+            "dataset_uri": f"s3://b/datasets/{fingerprint}",
+            "dataset_fingerprint": fingerprint,
+            "checkpoint_uri": "s3://b/runs/r/train/run/ckpt_best.pth",
+            "model_name": "yolo_nas_s",
+            "input_size": 640,
+            "thresholds": {},
+            "predictions": "predictions.json",
+            "plots": {},
+            "device": "cpu",
+            "gpus": 0,
+            "seconds": 1.0,
+        },
+        source="test metrics",
+    )
+
+
+def rescored(bundle_uri: str, scores: Metrics) -> ChampionScore:
+    """The evaluate stage's re-scoring of the champion on the candidate's split."""
+    return ChampionScore(
+        bundle_uri=bundle_uri,
+        split=scores.split,
+        map_50=scores.map_50,
+        map_50_95=scores.map_50_95,
+        per_class={name: c.model_dump(include={"ap_50", "ap_50_95", "boxes"}) for name, c in scores.per_class.items()},
+    )
+
+
+def pointer_for(run_id: str, bundle_uri: str) -> ChampionPointer:
+    return promote.pointer_document(
+        model_name="yolo_nas_s",
+        run_id=run_id,
+        bundle_uri=bundle_uri,
+        manifest_uri=f"{bundle_uri}/manifest.json",
+        metrics=CHAMPION,
+        previous=None,
+    )
 
 
 CHAMPION = metrics(0.40, {"coverall": 0.40, "mask": 0.40})
@@ -73,8 +119,8 @@ def test_without_a_champion_the_first_model_wins() -> None:
 def test_bad_thresholds_are_refused() -> None:
     with pytest.raises(StageInputError, match="must not be negative"):
         promote.decide(CHAMPION, CHAMPION, margin=-0.1)
-    with pytest.raises(StageInputError, match="no numeric 'map_50_95'"):
-        promote.decide({"per_class": {}}, CHAMPION)
+    with pytest.raises(StageInputError, match="the candidate has no mAP@0.50:0.95 to compare"):
+        promote.decide(ChampionScore(bundle_uri="b", split="test", reason="not scored"), CHAMPION)
 
 
 # -- the gate against S3 ---------------------------------------------------------------------------------------
@@ -85,19 +131,19 @@ class Models:
         self.storage, self.root = storage, root
         self.pointer_uri = promote.champion_uri(root, "yolo_nas_s")
 
-    def bundle(self, run_id: str, run_metrics: dict[str, Any]) -> str:
+    def bundle(self, run_id: str, run_metrics: Metrics) -> str:
         uri = f"{self.root}/yolo_nas_s/{run_id}"
-        self.storage.write_text(f"{uri}/metrics.json", json.dumps(run_metrics))
+        run_metrics.write(f"{uri}/metrics.json", storage=self.storage)
         return uri
 
-    def crown(self, run_id: str, run_metrics: dict[str, Any]) -> str:
+    def crown(self, run_id: str, run_metrics: Metrics) -> str:
         uri = self.bundle(run_id, run_metrics)
         _, version = promote.read_champion(self.pointer_uri, storage=self.storage)
         pointer = self.pointer(run_id, run_metrics, None)
         assert promote.write_champion(self.pointer_uri, pointer, expected_version=version, storage=self.storage)
         return uri
 
-    def pointer(self, run_id: str, run_metrics: dict[str, Any], decision: promote.PromotionDecision | None) -> dict:
+    def pointer(self, run_id: str, run_metrics: Metrics, decision: PromotionDecision | None) -> ChampionPointer:
         uri = f"{self.root}/yolo_nas_s/{run_id}"
         return promote.pointer_document(
             model_name="yolo_nas_s",
@@ -108,10 +154,10 @@ class Models:
             previous=decision.champion if decision else None,
         )
 
-    def champion(self) -> dict[str, Any] | None:
+    def champion(self) -> ChampionPointer | None:
         return promote.read_champion(self.pointer_uri, storage=self.storage)[0]
 
-    def gate(self, run_id: str, run_metrics: dict[str, Any], **thresholds: float) -> promote.PromotionDecision:
+    def gate(self, run_id: str, run_metrics: Metrics, **thresholds: float) -> PromotionDecision:
         return promote.run_gate(
             run_metrics,
             candidate={"run_id": run_id, "bundle_uri": self.bundle(run_id, run_metrics)},
@@ -120,7 +166,7 @@ class Models:
             **thresholds,
         )
 
-    def apply(self, run_id: str, run_metrics: dict, decision: promote.PromotionDecision) -> str:
+    def apply(self, run_id: str, run_metrics: Metrics, decision: PromotionDecision) -> str:
         return promote.apply_decision(
             decision,
             champion_pointer_uri=self.pointer_uri,
@@ -143,8 +189,9 @@ def test_gate_promotes_a_better_model_and_moves_the_pointer(models: Models) -> N
     assert decision.champion["metrics_source"].startswith("champion's own metrics.json")
     assert models.apply("run-2", better, decision) == "updated"
     pointer = models.champion()
-    assert pointer["run_id"] == "run-2" and pointer["previous"] == {"run_id": "run-1", "bundle_uri": first}
-    assert pointer["metrics"]["map_50_95"] == 0.45 and pointer["format"] == promote.CHAMPION_FORMAT
+    assert pointer is not None
+    assert pointer.run_id == "run-2" and pointer.previous == {"run_id": "run-1", "bundle_uri": first}
+    assert pointer.metrics["map_50_95"] == 0.45 and pointer.format == ChampionPointer.FORMAT
     # Applying the same decision again (a retried task) changes nothing.
     assert models.apply("run-2", better, decision) == "already"
 
@@ -157,14 +204,14 @@ def test_gate_refuses_a_model_with_a_regressed_class(models: Models) -> None:
     assert not decision.promote
     assert any("'mask'" in reason for reason in decision.reasons)
     assert models.apply("run-2", regressed, decision) == "unchanged"
-    assert models.champion()["run_id"] == "run-1"
+    assert models.champion().run_id  # type: ignore[union-attr] == "run-1"
 
 
 def test_the_first_model_becomes_the_champion(models: Models) -> None:
     decision = models.gate("run-1", CHAMPION)
     assert decision.promote and decision.champion is None and decision.champion_version is None
     assert models.apply("run-1", CHAMPION, decision) == "updated"
-    assert models.champion()["run_id"] == "run-1"
+    assert models.champion().run_id  # type: ignore[union-attr] == "run-1"
 
 
 def test_a_champion_scored_on_another_split_is_not_compared(models: Models) -> None:
@@ -177,7 +224,9 @@ def test_a_champion_scored_on_another_split_is_not_compared(models: Models) -> N
 def test_the_evaluate_stages_rescoring_of_the_champion_is_used(models: Models) -> None:
     champion_bundle = models.crown("run-1", metrics(0.40, {"coverall": 0.4, "mask": 0.4}, fingerprint="old-export"))
     candidate = metrics(0.45, {"coverall": 0.46, "mask": 0.44})
-    candidate["champion"] = {"bundle_uri": champion_bundle, **metrics(0.30, {"coverall": 0.3, "mask": 0.3})}
+    candidate = candidate.model_copy(
+        update={"champion": rescored(champion_bundle, metrics(0.30, {"coverall": 0.3, "mask": 0.3}))}
+    )
     decision = models.gate("run-2", candidate, margin=0.1)
     assert decision.promote, decision.reasons
     assert decision.champion["metrics_source"].startswith("champion re-evaluated on this split")
@@ -199,10 +248,10 @@ def test_two_runs_cannot_both_win(models: Models) -> None:
     version = decision_3.champion_version
     assert not promote.write_champion(models.pointer_uri, stale, expected_version=version, storage=models.storage)
     assert not promote.write_champion(models.pointer_uri, stale, expected_version=None, storage=models.storage)
-    assert models.champion()["run_id"] == "run-2"
+    assert models.champion().run_id  # type: ignore[union-attr] == "run-2"
 
     # The loser decides again, against the new champion, and records each decision it makes.
-    recorded: list[promote.PromotionDecision] = []
+    recorded: list[PromotionDecision] = []
     final, outcome = promote.gate_and_apply(
         third,
         candidate={"run_id": "run-3", "bundle_uri": f"{models.root}/yolo_nas_s/run-3"},
@@ -213,27 +262,36 @@ def test_two_runs_cannot_both_win(models: Models) -> None:
         class_ap_tolerance=0.05,
         record=recorded.append,
         decision=decision_3,
-        log=lambda _: None,
     )
     assert outcome == "updated" and final.champion["run_id"] == "run-2"
     assert [d.champion["run_id"] for d in recorded] == ["run-2"]
-    assert models.champion()["previous"]["run_id"] == "run-2"
+    assert models.champion().previous["run_id"] == "run-2"  # type: ignore[union-attr,index]
 
 
 def test_the_local_pointer_is_conditional_too(tmp_path: Path) -> None:
     storage = Storage()
     uri = str(tmp_path / "models" / "yolo_nas_s" / "champion.json")
+    a, b, c = pointer_for("a", "x"), pointer_for("b", "y"), pointer_for("c", "z")
     assert promote.read_champion(uri, storage=storage) == (None, None)
-    assert promote.write_champion(uri, {"run_id": "a", "bundle_uri": "x"}, expected_version=None, storage=storage)
+    assert promote.write_champion(uri, a, expected_version=None, storage=storage)
     pointer, version = promote.read_champion(uri, storage=storage)
-    assert pointer["run_id"] == "a" and version
-    assert not promote.write_champion(uri, {"run_id": "b"}, expected_version=None, storage=storage)
-    assert promote.write_champion(uri, {"run_id": "b", "bundle_uri": "y"}, expected_version=version, storage=storage)
-    assert not promote.write_champion(uri, {"run_id": "c"}, expected_version=version, storage=storage)
-    assert promote.read_champion(uri, storage=storage)[0]["run_id"] == "b"
+    assert pointer == a and version
+    assert not promote.write_champion(uri, b, expected_version=None, storage=storage)
+    assert promote.write_champion(uri, b, expected_version=version, storage=storage)
+    assert not promote.write_champion(uri, c, expected_version=version, storage=storage)
+    assert promote.read_champion(uri, storage=storage)[0] == b
 
 
 def test_a_recorded_decision_round_trips() -> None:
-    decision = promote.PromotionDecision(True, ["x"], 0.0, 0.05, {"run_id": "r"}, None, champion_version='"e"')
-    assert promote.PromotionDecision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
+    decision = PromotionDecision(
+        promote=True,
+        reasons=["x"],
+        margin=0.0,
+        class_ap_tolerance=0.05,
+        candidate={"run_id": "r"},
+        champion=None,
+        champion_version='"e"',
+        decided_at="2026-12-01T00:00:00+00:00",
+    )
+    assert PromotionDecision.parse(json.loads(decision.model_dump_json()), source="manifest") == decision
     assert decision.summary() == "promotion gate: PROMOTE: x"

@@ -1,0 +1,127 @@
+"""The settings models: one validation for the form, the trigger's conf and the drift event."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.run_settings import DriftSettings, TrainingSettings, defaults_with, form_params, resolve
+
+DEFAULTS = TrainingSettings.validated({}, origin="test").to_xcom()
+
+
+def event(conf: dict[str, Any], name: str = "yolonas_drift") -> dict[Any, list[Any]]:
+    return {SimpleNamespace(name=name): [SimpleNamespace(timestamp=1, extra={"conf": conf})]}
+
+
+def test_values_keep_their_type_whatever_they_look_like() -> None:
+    """A digit-only digest stays a string: nothing here depends on how a template renders."""
+    digest = "0" * 64
+    resolved = resolve(TrainingSettings, params={**DEFAULTS, "checkpoint_sha256": digest}, conf={})
+    assert resolved.checkpoint_sha256 == digest
+    with pytest.raises(StageInputError, match=r"checkpoint_sha256: Input should be a valid string \(got 0\)"):
+        resolve(TrainingSettings, params={**DEFAULTS, "checkpoint_sha256": 0}, conf={})
+    with pytest.raises(StageInputError, match="epochs: Input should be a valid integer"):
+        resolve(TrainingSettings, params={**DEFAULTS, "epochs": "12"}, conf={})
+
+
+@pytest.mark.parametrize(
+    ("conf", "hint"),
+    [
+        ({"architecture": "yolo_nas_l"}, "'architecture' (did you mean 'model_name'?)"),
+        ({"Epochs": 3}, "'Epochs' (did you mean 'epochs'?)"),
+        ({"lr": 0.1}, "'lr'; accepted:"),
+    ],
+)
+def test_unknown_conf_keys_are_refused_with_a_hint(conf: dict[str, Any], hint: str) -> None:
+    with pytest.raises(StageInputError, match="the yolonas_training run's conf sets unknown field") as error:
+        resolve(TrainingSettings, params={**DEFAULTS, **conf}, conf=conf)
+    assert hint in str(error.value)
+
+
+def test_every_string_is_bounded() -> None:
+    for key in ("dataset_source", "dataset_revision", "checkpoint_uri", "publish_prefix"):
+        with pytest.raises(StageInputError, match=f"{key}: String should have at most"):
+            TrainingSettings.validated({key: "x" * 5000}, origin="test")
+    schema = TrainingSettings.model_json_schema(by_alias=True)["properties"]
+    for key, prop in schema.items():
+        options = prop.get("anyOf", [prop])
+        strings = [o for o in options if o.get("type") == "string"]
+        assert all("maxLength" in o or "enum" in o or "pattern" in o for o in strings), key
+
+
+@pytest.mark.parametrize("prefix", ["../../etc", "models/../x", "./models", "/abs", "models/", "a//b"])
+def test_prefixes_that_leave_the_bucket_layout_are_refused(prefix: str) -> None:
+    with pytest.raises(StageInputError, match="publish_prefix"):
+        TrainingSettings.validated({"publish_prefix": prefix}, origin="test")
+
+
+def test_a_drift_event_overrides_the_form_and_is_checked_the_same_way() -> None:
+    resolved = resolve(
+        TrainingSettings,
+        params=DEFAULTS,
+        conf={},
+        event={"dataset_revision": "abc123", "publish_prefix": "team-a/models"},
+    )
+    assert (resolved.dataset_revision, resolved.models_uri) == ("abc123", "s3://yolonas/team-a/models")
+    with pytest.raises(StageInputError, match="the triggering asset event's conf sets unknown field.*'epoch'"):
+        resolve(TrainingSettings, params=DEFAULTS, conf={}, event={"epoch": 3})
+
+
+def test_drift_settings_reach_the_retraining_run() -> None:
+    drift = DriftSettings.validated(
+        {
+            "dataset_source": "org/data",
+            "model_name": "yolo_nas_m",
+            "publish_bucket": "team-bucket",
+            "publish_prefix": "team-a/models",
+            "retrain_conf": {"epochs": 50},
+        },
+        origin="test",
+    )
+    conf = drift.retraining_conf(dataset_revision="rev-7")
+    assert conf == {
+        "dataset_source": "org/data",
+        "dataset_revision": "rev-7",
+        "model_name": "yolo_nas_m",
+        "publish_bucket": "team-bucket",
+        "publish_prefix": "team-a/models",
+        "epochs": 50,
+    }
+    training = resolve(TrainingSettings, params=DEFAULTS, conf={}, event=conf)
+    assert training.models_uri == "s3://team-bucket/team-a/models" and training.model_name == "yolo_nas_m"
+
+
+def test_retraining_values_are_checked_when_the_drift_run_starts() -> None:
+    with pytest.raises(StageInputError, match=r"retrain_conf.*'epoch' \(did you mean 'epochs'\?\)"):
+        DriftSettings.validated({"retrain_conf": {"epoch": 3}}, origin="the drift form")
+    with pytest.raises(StageInputError, match="epochs: Input should be less than or equal to 300"):
+        DriftSettings.validated({"retrain_conf": {"epochs": 1000}}, origin="the drift form")
+
+
+def test_the_form_is_generated_from_the_model() -> None:
+    params = form_params(TrainingSettings, defaults_with(TrainingSettings, {"epochs": 7}, origin="test"))
+    assert list(params) == [
+        "preflight",
+        *[k for k in params if k != "preflight"],
+    ]
+    assert set(params) == set(DEFAULTS)
+    epochs = params["epochs"]
+    assert epochs.value == 7
+    expected = {"type": "integer", "minimum": 1, "maximum": 300, "section": "Training"}
+    assert {k: epochs.schema.get(k) for k in expected} == expected
+    assert "1 to 300" in (epochs.description or "")
+    assert params["input_size"].schema["multipleOf"] == 32
+    assert params["checkpoint_sha256"].schema["type"] == ["null", "string"]
+    assert params["schema"].schema["enum"][0] is None
+    for key, param in params.items():
+        param.resolve(param.value)  # every default is valid in the form's own schema
+        assert param.schema.get("title") and param.schema.get("section"), key
+
+
+def test_defaults_from_the_environment_are_checked() -> None:
+    with pytest.raises(StageInputError, match="YOLONAS_TRAINING_DEFAULTS sets unknown field.*'epochz'"):
+        defaults_with(TrainingSettings, {"epochz": 3}, origin="YOLONAS_TRAINING_DEFAULTS")
