@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,6 +41,9 @@ os.environ.update(
     }
 )
 sys.path.insert(0, str(REPO / "include"))
+
+if TYPE_CHECKING:
+    from yolonas_pipeline.storage import Storage
 
 
 def free_port() -> int:
@@ -176,7 +179,7 @@ def shift_class_balance(source: Path, destination: Path, *, to_class: int = 0, k
 
 
 def crown_champion(
-    storage: Any,
+    storage: Storage,
     models_uri: str,
     *,
     dataset_uri: str,

@@ -8,7 +8,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import MotoS3, crown_champion, shift_class_balance
@@ -151,7 +151,7 @@ def test_config_defaults_and_empty_values_are_as_before() -> None:
 def test_config_is_frozen() -> None:
     config = DriftConfig()
     with pytest.raises(ValidationError, match="frozen"):
-        config.metric = "js"  # type: ignore[misc]
+        config.metric = "js"
     assert DriftConfig.from_mapping(config) is config
 
 
@@ -342,7 +342,8 @@ def test_without_a_reference_the_policy_decides_and_the_reason_says_so(
 
 def colours(png: bytes) -> set[tuple[int, int, int]]:
     with Image.open(io.BytesIO(png)) as image:
-        return {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 20) or []}
+        counted = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
+    return {cast("tuple[int, int, int]", colour) for _, colour in counted}
 
 
 def test_the_report_is_json_plus_a_png(

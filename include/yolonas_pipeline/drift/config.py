@@ -96,7 +96,7 @@ class DriftConfig(BaseModel):
         return value
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> DriftConfig:
+    def from_mapping(cls, values: Mapping[str, Any] | DriftConfig | None) -> DriftConfig:
         """Validate ``values`` (None or {}: the defaults); a :class:`StageInputError` names each bad setting."""
         if values is None:
             return cls()
