@@ -25,8 +25,10 @@ from yolonas_pipeline.drift import (
     profile_dataset,
     psi,
     read_champion,
+    render_png,
     write_report,
 )
+from yolonas_pipeline.drift.report import render_figure
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize import MaterializeRequest, MaterializeResult, materialize
 from yolonas_pipeline.storage import Storage
@@ -378,6 +380,23 @@ def test_a_report_without_a_reference_renders_only_the_current_bars(
     drawn = colours(Path(png_uri).read_bytes())
     assert (0xEB, 0x82, 0x32) in drawn and (0x5A, 0x78, 0xC8) not in drawn
     assert (0x28, 0x8C, 0x3C) in drawn  # "no drift" in green
+
+
+def test_many_classes_get_a_readable_axis(profiles: dict[str, drift.DatasetProfile]) -> None:
+    """80 classes: every bar is drawn, but only every k-th class is labelled."""
+    classes = drift.FeatureHistogram(
+        labels=[f"class_{i:02d}" for i in range(80)], counts=[i % 7 + 1 for i in range(80)], summary={"classes": 80.0}
+    )
+    wide = profiles["base"].model_copy(update={"features": {**profiles["base"].features, "class_balance": classes}})
+    report = compare_profiles(profiles["base"], wide)
+    assert len(report.features["class_balance"].labels) == 85  # the union of both exports' classes
+    figure = render_figure(report)
+    panel = figure.axes[0]
+    labels = [label.get_text() for label in panel.get_xticklabels()]
+    assert 1 < len(labels) <= drift.report.MAX_TICKS and labels[0] == "Coverall"
+    assert len(panel.patches) == 2 * 85  # reference and current bars
+    with Image.open(io.BytesIO(render_png(report))) as image:
+        assert image.format == "PNG"
 
 
 def test_an_infinite_score_is_written_as_a_string(profiles: dict[str, drift.DatasetProfile], tmp_path: Path) -> None:

@@ -113,10 +113,11 @@ def _panel(ax: Axes, feature: FeatureDrift, metric: str, *, has_reference: bool)
     )
     bins = len(feature.labels)
     positions = list(range(bins))
-    width = 0.4
+    width = 0.4 if has_reference else 0.6
+    offset = width / 2 if has_reference else 0.0  # side by side, or the current bars alone, centred
     if has_reference:
-        ax.bar([x - width / 2 for x in positions], _shares(feature.reference), width, color=REFERENCE_COLOUR)
-    ax.bar([x + width / 2 for x in positions], _shares(feature.current), width, color=CURRENT_COLOUR)
+        ax.bar([x - offset for x in positions], _shares(feature.reference), width, color=REFERENCE_COLOUR)
+    ax.bar([x + offset for x in positions], _shares(feature.current), width, color=CURRENT_COLOUR)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
