@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,6 +41,9 @@ os.environ.update(
     }
 )
 sys.path.insert(0, str(REPO / "include"))
+
+if TYPE_CHECKING:
+    from yolonas_pipeline.storage import Storage
 
 
 def free_port() -> int:
@@ -157,3 +160,70 @@ def trainer_python() -> Path:
     if not TRAINER_PYTHON.exists():
         pytest.fail(f"{TRAINER_PYTHON} is missing: run `make setup` to install the trainer environment")
     return TRAINER_PYTHON
+
+
+# -- drift ---------------------------------------------------------------------------------------------------
+
+
+def shift_class_balance(source: Path, destination: Path, *, to_class: int = 0, keep_every: int = 4) -> Path:
+    """A copy of a cppe-5-layout dataset where all but every ``keep_every``-th image's boxes become one class."""
+    from datasets import load_from_disk
+
+    def relabel(row: dict[str, Any], index: int) -> dict[str, Any]:
+        if index % keep_every != keep_every - 1:
+            row["objects"]["category"] = [to_class for _ in row["objects"]["category"]]
+        return row
+
+    load_from_disk(str(source)).map(relabel, with_indices=True).save_to_disk(str(destination))
+    return destination
+
+
+def crown_champion(
+    storage: Storage,
+    models_uri: str,
+    *,
+    dataset_uri: str,
+    fingerprint: str,
+    run_id: str = "manual__champion",
+    model_name: str = "yolo_nas_s",
+) -> str:
+    """Publish a minimal but valid bundle manifest trained on ``dataset_uri`` and point champion.json at it.
+
+    Both documents go through the contracts (:class:`BundleManifest`, :class:`ChampionPointer`), as publish
+    writes them; returns the pointer's URI.
+    """
+    from yolonas_pipeline.contracts import BUNDLE_MANIFEST_FILE, CHAMPION_FILE, BundleManifest, ChampionPointer
+    from yolonas_pipeline.storage import join_uri
+
+    bundle_uri = join_uri(models_uri, model_name, run_id)
+    manifest_uri = join_uri(bundle_uri, BUNDLE_MANIFEST_FILE)
+    BundleManifest.parse(
+        {
+            "published_at": "2026-01-01T00:00:00+00:00",
+            "code_version": {"git_sha": None},
+            "run_id": run_id,
+            "model_name": model_name,
+            "class_names": ["a"],
+            "input_size": 640,
+            "dataset": {"uri": dataset_uri, "fingerprint": fingerprint},
+            "base_weights": {},
+            "evaluation": {},
+            "training": {},
+            "compute": {},
+            "files": {},
+        },
+        source="crown_champion",
+    ).write(manifest_uri, storage=storage)
+    pointer_uri = join_uri(models_uri, model_name, CHAMPION_FILE)
+    ChampionPointer.parse(
+        {
+            "model_name": model_name,
+            "run_id": run_id,
+            "bundle_uri": bundle_uri,
+            "manifest_uri": manifest_uri,
+            "metrics": {"map_50_95": 0.5},
+            "promoted_at": "2026-01-01T00:00:00+00:00",
+        },
+        source="crown_champion",
+    ).write(pointer_uri, storage=storage)
+    return pointer_uri

@@ -12,24 +12,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import MotoS3
+from conftest import MotoS3, shift_class_balance
 
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize import MaterializeRequest, materialize
 from yolonas_pipeline.storage import Storage
-
-
-def shift_class_balance(source: Path, destination: Path, *, to_class: int = 0, keep_every: int = 4) -> Path:
-    """A copy of a cppe-5-layout dataset where all but every ``keep_every``-th image's boxes become one class."""
-    from datasets import load_from_disk
-
-    def relabel(row: dict[str, Any], index: int) -> dict[str, Any]:
-        if index % keep_every != keep_every - 1:
-            row["objects"]["category"] = [to_class for _ in row["objects"]["category"]]
-        return row
-
-    load_from_disk(str(source)).map(relabel, with_indices=True).save_to_disk(str(destination))
-    return destination
 
 
 @dataclass

@@ -1,0 +1,265 @@
+"""Scores between two profiles and the verdict: PSI, Jensen-Shannon, and :func:`compare_profiles`.
+
+Each feature is scored with the population stability index (PSI, additively smoothed so that empty bins of
+small datasets do not explode) and the Jensen-Shannon divergence (base 2, in [0, 1]). A feature drifts when
+the configured metric exceeds its threshold; the dataset drifts when any judged feature does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from yolonas_pipeline.contracts import Part
+from yolonas_pipeline.drift.config import DriftConfig
+from yolonas_pipeline.drift.features import FEATURES
+from yolonas_pipeline.drift.profile import DatasetProfile, FeatureHistogram
+
+REPORT_FORMAT = "yolonas-pipeline/drift-report@1"
+FeatureStatus = Literal["drifted", "stable", "insufficient_data", "not_judged"]
+
+
+# -- scores ----------------------------------------------------------------------------------------------
+
+
+def psi(reference: Sequence[float], current: Sequence[float], smoothing: float = 0.5) -> float:
+    """Population stability index of two histograms over the same bins: sum (c - r) * ln(c / r).
+
+    ``smoothing`` pseudo-counts are added to every bin of both, so empty bins stay finite.
+    """
+    _check_bins(reference, current)
+    r, c = _proportions(reference, smoothing), _proportions(current, smoothing)
+    total = 0.0
+    for ri, ci in zip(r, c, strict=True):
+        if ri > 0 and ci > 0:
+            total += (ci - ri) * math.log(ci / ri)
+        elif ri != ci:
+            return math.inf
+    return total
+
+
+def js_divergence(reference: Sequence[float], current: Sequence[float]) -> float:
+    """Jensen-Shannon divergence (base 2, between 0 and 1) of two histograms over the same bins."""
+    _check_bins(reference, current)
+    r, c = _proportions(reference, 0.0), _proportions(current, 0.0)
+    total = 0.0
+    for ri, ci in zip(r, c, strict=True):
+        mi = (ri + ci) / 2
+        if ri > 0:
+            total += 0.5 * ri * math.log2(ri / mi)
+        if ci > 0:
+            total += 0.5 * ci * math.log2(ci / mi)
+    return min(1.0, max(0.0, total))
+
+
+def _check_bins(a: Sequence[float], b: Sequence[float]) -> None:
+    if len(a) != len(b) or not a:
+        raise ValueError(f"histograms must have the same, non-zero number of bins ({len(a)} vs {len(b)})")
+
+
+def _proportions(counts: Sequence[float], smoothing: float) -> list[float]:
+    total = sum(counts) + smoothing * len(counts)
+    if total <= 0:
+        return [1.0 / len(counts)] * len(counts)
+    return [(c + smoothing) / total for c in counts]
+
+
+def aligned(reference: FeatureHistogram, current: FeatureHistogram) -> tuple[list[str], list[int], list[int]]:
+    """Both histograms over the union of their labels (class names can differ between revisions)."""
+    if reference.labels == current.labels:
+        return list(reference.labels), list(reference.counts), list(current.counts)
+    labels = list(reference.labels) + [label for label in current.labels if label not in reference.labels]
+    ref = dict(zip(reference.labels, reference.counts, strict=True))
+    cur = dict(zip(current.labels, current.counts, strict=True))
+    return labels, [ref.get(label, 0) for label in labels], [cur.get(label, 0) for label in labels]
+
+
+# -- the verdict -----------------------------------------------------------------------------------------
+
+
+class FeatureDrift(Part):
+    """One feature's histograms on both sides, its scores, and whether it drifted."""
+
+    feature: str
+    title: str
+    status: FeatureStatus
+    score: float | None  # the configured metric
+    threshold: float
+    psi: float | None
+    js: float | None
+    labels: list[str]
+    reference: list[int]
+    current: list[int]
+    reference_summary: dict[str, float | None]
+    current_summary: dict[str, float | None]
+
+    @property
+    def drifted(self) -> bool:
+        return self.status == "drifted"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class DriftReport(Part):
+    """The verdict on a current export against its reference, with every feature's scores and histograms."""
+
+    drifted: bool
+    reason: str
+    metric: str
+    reference: dict[str, Any] | None  # None when there is no champion to compare with
+    current: dict[str, Any]
+    features: dict[str, FeatureDrift]
+    config: dict[str, Any]
+    created_at: str = Field(default_factory=_now)
+    champion: dict[str, Any] | None = None
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [name for name, f in self.features.items() if f.drifted]
+
+    @property
+    def scores(self) -> dict[str, float | None]:
+        return {name: _round(f.score) for name, f in self.features.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """``drift_report.json``'s content (infinite scores as the string ``"inf"``: JSON has no infinity)."""
+        out = {"format": REPORT_FORMAT, **self.model_dump(), "drifted_features": self.drifted_features}
+        finite: dict[str, Any] = _finite({**out, "scores": self.scores})
+        return finite
+
+
+def _round(value: float | None) -> float | None:
+    if value is None or math.isinf(value):
+        return value
+    return round(value, 6)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: an unsmoothed PSI over an empty bin is written as the string "inf"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _profile_summary(profile: DatasetProfile) -> dict[str, Any]:
+    return {
+        "dataset_uri": profile.dataset_uri,
+        "fingerprint": profile.fingerprint,
+        "source": profile.source,
+        "splits": profile.splits,
+        "images": profile.images,
+        "boxes": profile.boxes,
+        "class_names": profile.class_names,
+    }
+
+
+def _feature_drift(
+    name: str, reference: DatasetProfile | None, current: DatasetProfile, config: DriftConfig
+) -> FeatureDrift:
+    cur = current.features[name]
+    if reference is None:
+        labels, ref_counts, cur_counts = list(cur.labels), [0] * len(cur.counts), list(cur.counts)
+        ref_summary: dict[str, float | None] = {}
+    else:
+        labels, ref_counts, cur_counts = aligned(reference.features[name], cur)
+        ref_summary = reference.features[name].summary
+    threshold = config.threshold(name)
+    score_psi = score_js = score = None
+    status: FeatureStatus
+    if reference is None:
+        status = "not_judged"
+    elif min(sum(ref_counts), sum(cur_counts)) < max(1, config.min_count):
+        status = "insufficient_data"
+    else:
+        score_psi = psi(ref_counts, cur_counts, config.smoothing)
+        score_js = js_divergence(ref_counts, cur_counts)
+        score = score_psi if config.metric == "psi" else score_js
+        judged = config.judged(name)
+        status = ("drifted" if score > threshold else "stable") if judged else "not_judged"
+    return FeatureDrift(
+        feature=name,
+        title=FEATURES[name].title,
+        status=status,
+        score=score,
+        threshold=threshold,
+        psi=_round(score_psi),
+        js=_round(score_js),
+        labels=labels,
+        reference=ref_counts,
+        current=cur_counts,
+        reference_summary=ref_summary,
+        current_summary=cur.summary,
+    )
+
+
+def _reason(
+    features: Mapping[str, FeatureDrift],
+    reference: DatasetProfile,
+    current: DatasetProfile,
+    config: DriftConfig,
+) -> str:
+    metric = config.metric.upper()
+    over = [f for f in features.values() if f.drifted]
+    if over:
+        reason = "drift in " + ", ".join(f"{f.feature} ({metric} {f.score:.3f} > {f.threshold:g})" for f in over)
+    else:
+        scored = [f for f in features.values() if f.score is not None and f.status != "not_judged"]
+        if scored:
+            top = max(scored, key=lambda f: f.score or 0.0)
+            reason = (
+                f"no feature over its threshold; largest {metric} {top.score:.3f} ({top.feature}, "
+                f"threshold {top.threshold:g})"
+            )
+        else:
+            reason = f"no feature had at least {config.min_count} observations on both sides to judge"
+        skipped = [f.feature for f in features.values() if f.status == "insufficient_data"]
+        if skipped:
+            reason += f"; too little data to judge {', '.join(skipped)}"
+    if reference.fingerprint == current.fingerprint:
+        reason += f" (the current export is the reference snapshot itself, fingerprint {current.fingerprint})"
+    return reason
+
+
+def compare_profiles(
+    reference: DatasetProfile | None,
+    current: DatasetProfile,
+    config: DriftConfig | None = None,
+    *,
+    no_reference_is_drift: bool = True,
+    no_reference_reason: str = "there is no reference snapshot to compare with",
+    champion: Mapping[str, Any] | None = None,
+) -> DriftReport:
+    """Score every feature of ``current`` against ``reference`` and decide whether the dataset drifted.
+
+    Without a reference (no champion yet) nothing is scored; ``no_reference_is_drift`` decides the outcome
+    and the reason says so. ``champion`` (e.g. :meth:`ChampionReference.to_dict`) is recorded in the report.
+    """
+    config = config or DriftConfig()
+    features = {name: _feature_drift(name, reference, current, config) for name in FEATURES}
+    if reference is None:
+        drifted = no_reference_is_drift
+        verdict = "treated as drift, so that a first model gets trained" if drifted else "not treated as drift"
+        reason = f"{no_reference_reason}; {verdict}"
+    else:
+        drifted = any(f.drifted for f in features.values())
+        reason = _reason(features, reference, current, config)
+    return DriftReport(
+        drifted=drifted,
+        reason=reason,
+        metric=config.metric,
+        reference=_profile_summary(reference) if reference else None,
+        current=_profile_summary(current),
+        features=features,
+        config=config.to_dict(),
+        champion=dict(champion) if champion else None,
+    )
