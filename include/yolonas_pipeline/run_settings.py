@@ -21,6 +21,8 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from yolonas_pipeline.contracts import ModelName, TrainRequest, describe_errors
+from yolonas_pipeline.drift.config import DriftConfig
+from yolonas_pipeline.drift.features import FEATURES
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize_schema import PRESETS
 
@@ -304,8 +306,10 @@ class DriftSettings(DatasetFields):
         json_schema_extra=_form(
             "Drift settings",
             "Drift",
-            'e.g. {"metric": "psi", "thresholds": {"class_balance": 0.1}, "default_threshold": 0.25}. Empty: PSI, '
-            "threshold 0.2 each.",
+            'e.g. {"metric": "psi", "thresholds": {"class_balance": 0.1}, "default_threshold": 0.25}; features: '
+            f"{', '.join(FEATURES)}. Empty: PSI, threshold 0.2 each.",
+            # The form validates the object with the drift stage's own schema.
+            **DriftConfig.form_schema(),
         ),
     )
     retrigger: bool = Field(
@@ -323,6 +327,15 @@ class DriftSettings(DatasetFields):
             "architecture, bucket and prefix of this run are added unless set here.",
         ),
     )
+
+    @field_validator("drift_config")
+    @classmethod
+    def _drift_config_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            DriftConfig.from_mapping(value)
+        except StageInputError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("retrain_conf")
     @classmethod
@@ -370,7 +383,8 @@ def form_params(model: type[RunSettings], defaults: RunSettings) -> dict[str, An
     for name, field in model.model_fields.items():
         key = field.alias or name
         prop = _inline(schema["properties"][key], definitions)
-        presentation = dict(field.json_schema_extra or {}) if isinstance(field.json_schema_extra, dict) else {}
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        presentation = {k: v for k, v in extra.items() if k in _PRESENTATION}
         params[key] = Param(values[key], **_param_schema(prop), **presentation)
     # The form shows sections in the order their first field appears.
     order = {section: i for i, section in enumerate(SECTIONS)}

@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from yolonas_pipeline import drift
+from yolonas_pipeline.contracts import DatasetExport
 from yolonas_pipeline.drift import (
     FEATURES,
     ChampionReference,
@@ -30,20 +31,18 @@ from yolonas_pipeline.drift import (
 )
 from yolonas_pipeline.drift.report import render_figure
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.materialize import MaterializeRequest, MaterializeResult, materialize
+from yolonas_pipeline.materialize import MaterializeRequest, materialize
 from yolonas_pipeline.storage import Storage
 
 DRIFT_LOGGER = "yolonas_pipeline.drift"
 
 
-def export(source: Path, root: Path, storage: Storage, **request: Any) -> MaterializeResult:
-    return materialize(
-        MaterializeRequest(source=str(source), output_uri=str(root), **request), storage=storage, log=lambda _: None
-    )
+def export(source: Path, root: Path, storage: Storage, **request: Any) -> DatasetExport:
+    return materialize(MaterializeRequest(source=str(source), output_uri=str(root), **request), storage=storage)
 
 
 @pytest.fixture(scope="module")
-def exports(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, MaterializeResult]:
+def exports(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, DatasetExport]:
     """The sample export, an identical copy saved elsewhere, a class-shifted and a downscaled revision."""
     root = tmp_path_factory.mktemp("drift")
     storage = Storage()
@@ -60,7 +59,7 @@ def exports(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 @pytest.fixture(scope="module")
-def profiles(exports: dict[str, MaterializeResult]) -> dict[str, drift.DatasetProfile]:
+def profiles(exports: dict[str, DatasetExport]) -> dict[str, drift.DatasetProfile]:
     storage = Storage()
     return {name: profile_dataset(r.dataset_uri, storage=storage) for name, r in exports.items()}
 
@@ -209,13 +208,13 @@ def test_the_form_schema_builds_an_airflow_param() -> None:
 
 
 def test_profile_counts_agree_with_the_manifest(
-    exports: dict[str, MaterializeResult], profiles: dict[str, drift.DatasetProfile]
+    exports: dict[str, DatasetExport], profiles: dict[str, drift.DatasetProfile]
 ) -> None:
     result, profile = exports["base"], profiles["base"]
     classes = profile.features["class_balance"]
     assert dict(zip(classes.labels, classes.counts, strict=True)) == result.class_histogram
-    assert profile.images == sum(s["images"] for s in result.splits.values())
-    assert profile.boxes == sum(s["annotations"] for s in result.splits.values())
+    assert profile.images == sum(s.images for s in result.splits.values())
+    assert profile.boxes == sum(s.annotations for s in result.splits.values())
     assert profile.features["box_area"].total == profile.boxes == profile.features["aspect_ratio"].total
     assert profile.features["image_size"].total == profile.images
     assert profile.features["brightness"].total == min(profile.images, DriftConfig().brightness_sample)
@@ -225,12 +224,10 @@ def test_profile_counts_agree_with_the_manifest(
     assert set(profile.source) == {"source", "revision", "schema"}  # the manifest's DatasetSource
 
 
-def test_profile_splits_and_an_incomplete_export_are_named(
-    exports: dict[str, MaterializeResult], tmp_path: Path
-) -> None:
+def test_profile_splits_and_an_incomplete_export_are_named(exports: dict[str, DatasetExport], tmp_path: Path) -> None:
     storage, uri = Storage(), exports["base"].dataset_uri
     train = profile_dataset(uri, storage=storage, config=DriftConfig.from_mapping({"splits": ["train"]}))
-    assert train.splits == ["train"] and train.images == exports["base"].splits["train"]["images"]
+    assert train.splits == ["train"] and train.images == exports["base"].splits["train"].images
     with pytest.raises(StageInputError, match=r"drift splits \['nope'\] are not in the export"):
         profile_dataset(uri, storage=storage, config=DriftConfig(splits=("nope",)))
     with pytest.raises(StageInputError, match=r"no manifest\.json at .*incomplete"):
@@ -238,7 +235,7 @@ def test_profile_splits_and_an_incomplete_export_are_named(
 
 
 def test_profile_is_cached_by_fingerprint_and_settings(
-    exports: dict[str, MaterializeResult], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    exports: dict[str, DatasetExport], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     storage = Storage()
     uri = exports["base"].dataset_uri
@@ -260,7 +257,7 @@ def test_profile_is_cached_by_fingerprint_and_settings(
 
 
 def test_an_unreadable_cached_profile_is_recomputed(
-    exports: dict[str, MaterializeResult], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    exports: dict[str, DatasetExport], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     storage, uri = Storage(), exports["base"].dataset_uri
     first = profile_dataset(uri, storage=storage, cache_root=str(tmp_path))
@@ -455,7 +452,7 @@ def test_a_bad_champion_is_named(tmp_path: Path) -> None:
         read_champion(pointer, storage=storage)
 
 
-def test_a_reference_export_given_by_hand(exports: dict[str, MaterializeResult], tmp_path: Path) -> None:
+def test_a_reference_export_given_by_hand(exports: dict[str, DatasetExport], tmp_path: Path) -> None:
     storage = Storage()
     reference = ChampionReference.for_export(exports["base"].dataset_uri, storage=storage)
     assert (reference.dataset_uri, reference.fingerprint) == (exports["base"].dataset_uri, exports["base"].fingerprint)
@@ -467,7 +464,7 @@ def test_a_reference_export_given_by_hand(exports: dict[str, MaterializeResult],
 # -- S3 ---------------------------------------------------------------------------------------------------
 
 
-def test_profiles_and_reports_work_on_s3(exports: dict[str, MaterializeResult], moto_s3: MotoS3) -> None:
+def test_profiles_and_reports_work_on_s3(exports: dict[str, DatasetExport], moto_s3: MotoS3) -> None:
     storage = Storage(moto_s3.client)
     bucket = moto_s3.new_bucket()
     storage.upload_tree(exports["shifted"].dataset_uri, f"s3://{bucket}/datasets/shifted")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import MotoS3
@@ -119,7 +118,7 @@ def test_without_a_champion_the_first_model_wins() -> None:
 def test_bad_thresholds_are_refused() -> None:
     with pytest.raises(StageInputError, match="must not be negative"):
         promote.decide(CHAMPION, CHAMPION, margin=-0.1)
-    with pytest.raises(StageInputError, match="the candidate has no mAP@0.50:0.95 to compare"):
+    with pytest.raises(StageInputError, match=r"the candidate has no mAP@0\.50:0\.95 to compare"):
         promote.decide(ChampionScore(bundle_uri="b", split="test", reason="not scored"), CHAMPION)
 
 

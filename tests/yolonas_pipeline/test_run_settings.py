@@ -67,7 +67,7 @@ def test_a_drift_event_overrides_the_form_and_is_checked_the_same_way() -> None:
         event={"dataset_revision": "abc123", "publish_prefix": "team-a/models"},
     )
     assert (resolved.dataset_revision, resolved.models_uri) == ("abc123", "s3://yolonas/team-a/models")
-    with pytest.raises(StageInputError, match="the triggering asset event's conf sets unknown field.*'epoch'"):
+    with pytest.raises(StageInputError, match=r"the triggering asset event's conf sets unknown field.*'epoch'"):
         resolve(TrainingSettings, params=DEFAULTS, conf={}, event={"epoch": 3})
 
 
@@ -123,5 +123,5 @@ def test_the_form_is_generated_from_the_model() -> None:
 
 
 def test_defaults_from_the_environment_are_checked() -> None:
-    with pytest.raises(StageInputError, match="YOLONAS_TRAINING_DEFAULTS sets unknown field.*'epochz'"):
+    with pytest.raises(StageInputError, match=r"YOLONAS_TRAINING_DEFAULTS sets unknown field.*'epochz'"):
         defaults_with(TrainingSettings, {"epochz": 3}, origin="YOLONAS_TRAINING_DEFAULTS")

@@ -10,10 +10,16 @@ from airflow.sdk.exceptions import AirflowFailException
 from yolonas_pipeline.errors import StageInputError
 
 
+class StageInputFailure(AirflowFailException, StageInputError):
+    """A :class:`StageInputError` raised as :class:`AirflowFailException`, which Airflow never retries."""
+
+
 @contextlib.contextmanager
 def input_errors_fail_without_retry() -> Iterator[None]:
-    """Turn a :class:`StageInputError` into :class:`AirflowFailException`, which Airflow never retries."""
+    """Re-raise a :class:`StageInputError` as :class:`StageInputFailure`, with the same message."""
     try:
         yield
+    except StageInputFailure:
+        raise
     except StageInputError as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        raise StageInputFailure(str(exc)) from exc

@@ -17,7 +17,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetOrTimeSchedule, BaseOperator, Context, CronTriggerTimetable
 
 from yolonas_pipeline import settings
-from yolonas_pipeline.contracts import DatasetManifest, champion_uri, safe_segment
+from yolonas_pipeline.contracts import champion_uri, safe_segment
 from yolonas_pipeline.drift import (
     ChampionReference,
     DriftConfig,
@@ -139,28 +139,18 @@ class DetectDriftOperator(BaseOperator):
         storage = storage_for(self.aws_conn_id)
         pointer = champion_uri(self.models_uri, self.model_name)
         if self.reference_uri:
-            manifest = DatasetManifest.read_export(self.reference_uri, storage=storage)
-            champion: ChampionReference | None = ChampionReference(
-                champion_uri="", bundle_uri="", run_id=None, dataset_uri=self.reference_uri,
-                fingerprint=manifest.fingerprint,
-            )  # fmt: skip
+            champion: ChampionReference | None = ChampionReference.for_export(self.reference_uri, storage=storage)
             no_reference = ""
         else:
             champion = read_champion(pointer, storage=storage)
             no_reference = f"no champion yet: {pointer} does not exist"
-            if champion:
-                self.log.info("champion %s trained on %s", champion.bundle_uri, champion.dataset_uri)
-            else:
+            if not champion:
                 self.log.warning("%s", no_reference)
 
         profiles = join_uri(self.reports_uri, "profiles")
-        current = profile_dataset(
-            self.current["dataset_uri"], storage=storage, config=config, cache_root=profiles, log=self.log.info
-        )
+        current = profile_dataset(self.current["dataset_uri"], storage=storage, config=config, cache_root=profiles)
         reference = (
-            profile_dataset(
-                champion.dataset_uri, storage=storage, config=config, cache_root=profiles, log=self.log.info
-            )
+            profile_dataset(champion.dataset_uri, storage=storage, config=config, cache_root=profiles)
             if champion
             else None
         )

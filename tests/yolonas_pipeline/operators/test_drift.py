@@ -12,10 +12,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import MotoS3, shift_class_balance
+from airflow.sdk.exceptions import AirflowFailException
+from conftest import MotoS3, crown_champion, shift_class_balance
 
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize import MaterializeRequest, materialize
+from yolonas_pipeline.run_settings import DriftSettings
 from yolonas_pipeline.storage import Storage
 
 
@@ -36,11 +38,13 @@ class World:
 
     def crown(self, dataset: dict[str, Any], run_id: str = "manual__champion") -> None:
         """Publish a minimal bundle manifest for ``dataset`` and point champion.json at it."""
-        bundle = f"{self.models_uri}/yolo_nas_s/{run_id}"
-        manifest = {"run_id": run_id, "dataset": {"uri": dataset["dataset_uri"], "fingerprint": dataset["fingerprint"]}}
-        self.storage.write_text(f"{bundle}/manifest.json", json.dumps(manifest))
-        pointer = {"bundle_uri": bundle, "run_id": run_id}
-        self.storage.write_text(f"{self.models_uri}/yolo_nas_s/champion.json", json.dumps(pointer))
+        crown_champion(
+            self.storage,
+            self.models_uri,
+            dataset_uri=dataset["dataset_uri"],
+            fingerprint=dataset["fingerprint"],
+            run_id=run_id,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def world(moto_s3: MotoS3, sample_dataset: Path, tmp_path_factory: pytest.TempPa
     exported = {}
     for name, source in (("base", sample_dataset), ("shifted", shifted)):
         request = MaterializeRequest(source=str(source), output_uri=f"s3://{bucket}/datasets")
-        exported[name] = materialize(request, storage=storage, log=lambda _: None).to_dict()
+        exported[name] = materialize(request, storage=storage).to_xcom()
     return World(bucket, storage, exported["base"], exported["shifted"])
 
 
@@ -110,10 +114,28 @@ def test_identical_data_does_not_drift_and_the_report_says_why(fresh: World) -> 
 def test_one_drift_starts_one_retraining_unless_retriggered(fresh: World) -> None:
     fresh.crown(fresh.base)
     first = detect(fresh, fresh.shifted, run_id="run_a")
-    extra, events = emit(first, run_id="run_a", retrain_conf={"epochs": 3}, dataset_conf={"dataset_source": "src"})
+    drift_settings = DriftSettings.validated(
+        {
+            "dataset_source": "src",
+            "publish_prefix": "team-a/models",
+            "model_name": "yolo_nas_m",
+            "retrain_conf": {"epochs": 3},
+        },
+        origin="test",
+    )
+    extra, events = emit(first, run_id="run_a", run_settings=drift_settings.to_xcom())
     (event,) = events.values()
     assert event.extra == extra
-    assert extra["conf"] == {"epochs": 3, "dataset_source": "src"}
+    # the drift run's architecture, bucket and prefix reach the retraining run with the drifted dataset
+    expected = {
+        "epochs": 3,
+        "dataset_source": "src",
+        "model_name": "yolo_nas_m",
+        "publish_bucket": "yolonas",
+        "publish_prefix": "team-a/models",
+    }
+    revision = first["current"]["source"].get("revision")
+    assert extra["conf"] == (expected | {"dataset_revision": revision} if revision else expected)
     assert extra["scores"]["class_balance"] > 1 and extra["fingerprint"] == fresh.shifted["fingerprint"]
     assert extra["reference_fingerprint"] == fresh.base["fingerprint"]
 
@@ -121,7 +143,6 @@ def test_one_drift_starts_one_retraining_unless_retriggered(fresh: World) -> Non
     assert again["drifted"] and not again["retrain"]
     assert "already started a retraining from run run_a" in again["action"]
     assert detect(fresh, fresh.shifted, run_id="run_c", retrigger=True)["retrain"]
-    assert detect(fresh, fresh.shifted, run_id="run_d", retrigger="true")["retrain"]
 
 
 def test_without_a_champion_the_policy_decides(fresh: World) -> None:
@@ -130,7 +151,7 @@ def test_without_a_champion_the_policy_decides(fresh: World) -> None:
     assert result["reason"].startswith(f"no champion yet: {fresh.models_uri}/yolo_nas_s/champion.json does not exist")
     result = detect(fresh, fresh.base, when_no_champion="skip")
     assert not result["drifted"] and not result["retrain"]
-    with pytest.raises(StageInputError, match="when_no_champion='maybe'"):
+    with pytest.raises(AirflowFailException, match=r"when_no_champion=.maybe."):
         detect(fresh, fresh.base, when_no_champion="maybe")
 
 
@@ -148,53 +169,51 @@ def event(extra: dict[str, Any], minutes: int = 0) -> SimpleNamespace:
     return SimpleNamespace(extra=extra, timestamp=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes))
 
 
-@pytest.fixture
-def form() -> Any:
-    from airflow.sdk import Param
-    from airflow.sdk.definitions.param import ParamsDict
-
-    return ParamsDict(
-        {
-            "epochs": Param(10, type="integer", minimum=1),
-            "dataset_source": Param("cppe-5", type="string", minLength=1),
-            "preflight": Param(False, type="boolean"),
-        }
-    )
-
-
-def test_the_newest_drift_event_conf_overrides_the_form(form: Any) -> None:
+def test_the_newest_drift_event_conf_overrides_the_form() -> None:
     from airflow.sdk import Asset
 
-    from yolonas_pipeline.operators.drift import event_conf, run_settings
+    from yolonas_pipeline.operators.run import resolve_run_settings
+    from yolonas_pipeline.run_settings import TrainingSettings, event_conf
 
     drift, other = Asset(name="yolonas_drift", uri="s3://x/drift/"), Asset(name="other", uri="s3://x/other/")
     events = {drift: [event({"conf": {"epochs": 3}}, 2), event({"conf": {"epochs": 2}}, 1)], other: [event({})]}
     assert event_conf(events, "yolonas_drift") == {"epochs": 3}
     assert event_conf(events, "missing") == {} and event_conf(None, "yolonas_drift") == {}
-    params = {"epochs": 10, "dataset_source": "cppe-5", "preflight": False}
-    assert run_settings(params, events, form=form, asset_name="yolonas_drift")["epochs"] == 3
-    assert run_settings(params, {}, form=form, asset_name="yolonas_drift") == params
-    assert form["epochs"] == 10, "validating an override must not change the DAG's own Param"
+    params = TrainingSettings.validated({"epochs": 10}, origin="test").to_xcom()
+    context = {"params": params, "dag_run": SimpleNamespace(conf={}), "triggering_asset_events": events}
+    assert resolve_run_settings(TrainingSettings, context, event_asset="yolonas_drift")["epochs"] == 3
+    context["triggering_asset_events"] = {}
+    assert resolve_run_settings(TrainingSettings, context, event_asset="yolonas_drift") == params
 
 
 @pytest.mark.parametrize(
     ("conf", "message"),
-    [({"epochz": 3}, r"unknown field\(s\) \['epochz'\]"), ({"epochs": 0}, "epochs=0, which the form refuses")],
+    [
+        ({"epochz": 3}, r"the yolonas_drift event's conf sets unknown field\(s\) 'epochz' \(did you mean 'epochs'\?\)"),
+        ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+    ],
 )
-def test_an_invalid_event_conf_is_refused_with_the_field(form: Any, conf: dict[str, Any], message: str) -> None:
+def test_an_invalid_event_conf_is_refused_with_the_field(conf: dict[str, Any], message: str) -> None:
     from airflow.sdk import Asset
 
-    from yolonas_pipeline.operators.drift import run_settings
+    from yolonas_pipeline.operators.run import resolve_run_settings
+    from yolonas_pipeline.run_settings import TrainingSettings
 
     events = {Asset(name="yolonas_drift", uri="s3://x/drift/"): [event({"conf": conf})]}
-    with pytest.raises(StageInputError, match=message):
-        run_settings({"epochs": 10}, events, form=form, asset_name="yolonas_drift")
+    context = {
+        "params": TrainingSettings.validated({}, origin="test").to_xcom(),
+        "dag_run": SimpleNamespace(conf={}),
+        "triggering_asset_events": events,
+    }
+    with pytest.raises(AirflowFailException, match=message):
+        resolve_run_settings(TrainingSettings, context, event_asset="yolonas_drift")
 
 
 def test_schedules_and_json_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk import Asset, AssetOrTimeSchedule
 
-    from yolonas_pipeline.operators.drift import json_from_env, schedule_from_env
+    from yolonas_pipeline.operators.drift import schedule_from_env
+    from yolonas_pipeline.run_settings import json_from_env
 
     asset = Asset(name="a", uri="s3://x/a/")
     monkeypatch.delenv("YOLONAS_X", raising=False)
