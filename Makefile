@@ -19,5 +19,6 @@ stop:
 status:
 	PYTHONPATH=include $(AIRFLOW_PY) -m yolonas_pipeline.embedded status
 
-lint:
+lint: setup  ## ruff and the type checker (mypy --strict on include/, configured in pyproject.toml)
 	.venvs/airflow/bin/ruff check . && .venvs/airflow/bin/ruff format --check include/yolonas_pipeline dags plugins tests
+	.venvs/airflow/bin/mypy include/yolonas_pipeline

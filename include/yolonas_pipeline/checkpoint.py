@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from yolonas_pipeline import contracts
 from yolonas_pipeline.contracts import ClassPlan
@@ -247,7 +247,8 @@ def _find_data_pkl(
     buffer, buffer_start = b"", cd_offset
     if cd_offset >= tail_start:  # the tail already holds it (small files)
         buffer = tail[cd_offset - tail_start : cd_offset - tail_start + cd_size]
-    pos, chunk, prefix, seen = 0, _CD_CHUNK, None, []
+    seen: list[Any] = []
+    pos, chunk, prefix = 0, _CD_CHUNK, None
     for _ in range(entries):
         while True:
             end = pos + _CDH.size
@@ -413,7 +414,7 @@ def _read_heads(uri: str, key: str, state_dict: Mapping[str, Any]) -> tuple[int,
             f"{'/'.join(str(s[0]) for s in cls)}); the checkpoint is inconsistent"
         )
     cls_rows = cls[0][0]
-    size = HEAD_WIDTHS.get(tuple(s[1] for s in cls))
+    size = HEAD_WIDTHS.get(cast("tuple[int, int, int]", tuple(s[1] for s in cls)))
     pose = shapes("pose_pred")
     keypoints = None
     if pose is not None:
@@ -481,7 +482,7 @@ def plan_classes(info: CheckpointInfo | None, *, dataset_class_names: Sequence[s
         raise StageInputError("dataset_class_names is empty; the materialized dataset must define its categories")
     if info is None:
         return ClassPlan(
-            model_name=requested,  # type: ignore[arg-type]  # checked against MODEL_NAMES above
+            model_name=requested,  # checked against MODEL_NAMES above
             num_classes=len(names),
             class_names=names,
         )
@@ -505,7 +506,7 @@ def plan_classes(info: CheckpointInfo | None, *, dataset_class_names: Sequence[s
             f"{'; ...' if len(changed) > 5 else ''})"
         )
     return ClassPlan(
-        model_name=requested,  # type: ignore[arg-type]  # checked against MODEL_NAMES above
+        model_name=requested,  # checked against MODEL_NAMES above
         num_classes=len(names),
         class_names=names,
         checkpoint_uri=info.uri,

@@ -373,7 +373,7 @@ def _finish(
         class_names=class_names,
         splits=splits,
         class_histogram=histogram,
-        source=DatasetSource(source=request.source, revision=source.revision, schema=schema_dict),
+        source=DatasetSource(source=request.source, revision=source.revision, schema_=schema_dict),
         report_file=DATASET_REPORT_FILE,
         files=images + len(splits) + 1,  # images, annotation files, report
     )

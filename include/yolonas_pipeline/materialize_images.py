@@ -222,7 +222,7 @@ def convert_one(
                 raw_target = output_size[::-1] if orientation in _TRANSPOSING else output_size
                 image.draft("RGB", raw_target)
             image.load()
-            frame = image
+            frame: Image.Image = image
             if orientation != 1:
                 frame = ImageOps.exif_transpose(image)
             rgb = _to_rgb(frame)

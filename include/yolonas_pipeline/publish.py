@@ -98,8 +98,8 @@ def publish_bundle(
     if existing is not None:
         log.info("bundle already published at %s; nothing to copy", destination_uri)
         document = existing.to_xcom()
-        files = {name: entry.model_dump(exclude_none=True) for name, entry in existing.files.items()}
-        result = _Published(destination_uri, manifest_uri, files, reused=True, manifest=document)
+        listed = {name: entry.model_dump(exclude_none=True) for name, entry in existing.files.items()}
+        result = _Published(destination_uri, manifest_uri, listed, reused=True, manifest=document)
         if gate is not None:
             _promote(result, document, gate, decision=existing.promotion, storage=storage)
         return result

@@ -384,7 +384,7 @@ def form_params(model: type[RunSettings], defaults: RunSettings) -> dict[str, An
         key = field.alias or name
         prop = _inline(schema["properties"][key], definitions)
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        presentation = {k: v for k, v in extra.items() if k in _PRESENTATION}
+        presentation: dict[str, Any] = {k: v for k, v in extra.items() if k in _PRESENTATION}
         params[key] = Param(values[key], **_param_schema(prop), **presentation)
     # The form shows sections in the order their first field appears.
     order = {section: i for i, section in enumerate(SECTIONS)}

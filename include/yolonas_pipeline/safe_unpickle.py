@@ -61,6 +61,7 @@ class _Function(_ReadOnly):
     """An allow-listed function, callable but immune to BUILD (a plain function's ``__defaults__`` is writable)."""
 
     __slots__ = ("function",)
+    function: Callable[..., Any]
 
     def __init__(self, function: Callable[..., Any]) -> None:
         object.__setattr__(self, "function", function)
@@ -76,6 +77,7 @@ class StorageType(_ReadOnly):
     """Stand-in for ``torch.FloatStorage`` and friends: only the element dtype matters."""
 
     __slots__ = ("dtype",)
+    dtype: str
 
     def __init__(self, dtype: str) -> None:
         object.__setattr__(self, "dtype", dtype)
@@ -249,6 +251,7 @@ class TorchDType(_ReadOnly):
     """Stand-in for ``torch.float32`` etc. when a dtype object itself is pickled."""
 
     __slots__ = ("name",)
+    name: str
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)

@@ -157,7 +157,7 @@ class Storage:
                 raise FileNotFoundError(f"{uri} does not exist")
             return path.read_bytes()
         bucket, key = split_s3_uri(uri)
-        body = self._s3_call(uri, lambda: self.s3.get_object(Bucket=bucket, Key=key))["Body"].read()
+        body: bytes = self._s3_call(uri, lambda: self.s3.get_object(Bucket=bucket, Key=key))["Body"].read()
         self.stats.add(read=len(body))
         return body
 

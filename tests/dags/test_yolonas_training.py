@@ -152,6 +152,8 @@ def test_the_form_has_the_documented_sections(dagbag) -> None:
         ({"publish_bucket": "Not_A_Bucket"}, "does not match"),
         ({"split_map": {"training": "train"}}, "is not one of"),
         ({"gpus": 9}, "maximum of 8"),
+        ({"dataset_revision": "x" * 300}, "is too long"),
+        ({"checkpoint_sha256": 0}, "is not of type 'null', 'string'"),
         ({"preflight": "yes"}, "is not of type 'boolean'"),
     ],
 )
@@ -286,7 +288,6 @@ def failure_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
         ({"epoch": 3}, "'epoch' (did you mean 'epochs'?)"),
         ({"publish_prefix": "../../etc"}, "publish_prefix='../../etc' has a '.' or '..' segment"),
         ({"publish_prefix": "models/../../x"}, "has a '.' or '..' segment"),
-        ({"dataset_revision": "x" * 300}, "dataset_revision: String should have at most 256 characters"),
     ],
 )
 def test_unknown_or_unsafe_settings_fail_the_run_before_any_work(

@@ -74,11 +74,12 @@ class MaterializeDatasetOperator(BaseOperator):
                 streaming=self.streaming,
             )
             export = materialize(request, storage=storage_for(self.aws_conn_id))
+        extra: dict[str, Any] = {
+            "dataset_uri": export.dataset_uri,
+            "fingerprint": export.fingerprint,
+            "splits": {name: counts.model_dump() for name, counts in export.splits.items()},
+            "class_histogram": export.class_histogram,
+        }
         for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = {
-                "dataset_uri": export.dataset_uri,
-                "fingerprint": export.fingerprint,
-                "splits": {name: counts.model_dump() for name, counts in export.splits.items()},
-                "class_histogram": export.class_histogram,
-            }
+            context["outlet_events"][outlet].extra = extra
         return export.to_xcom()
