@@ -46,9 +46,6 @@ OPSET = 17
 MAX_BOX_DIFF_PX = 0.5
 MAX_SCORE_DIFF = 1e-3
 MIN_IOU = 0.99
-#: Anchors (best class score first) that enter the exported NMS: the same as :data:`sg.TOP_K`, which the
-#: trainer env's tests check (this module imports no torch at module level).
-PRE_NMS_ANCHORS = 1000
 
 
 class ExportMismatchError(RuntimeError):
@@ -105,7 +102,7 @@ def export_onnx(
             confidence_threshold=score_threshold,
             nms_threshold=iou_threshold,
             max_predictions_per_image=max_predictions,
-            num_pre_nms_predictions=PRE_NMS_ANCHORS,
+            num_pre_nms_predictions=sg.TOP_K,
             output_predictions_format=DetectionOutputFormatMode.FLAT_FORMAT,
             onnx_export_kwargs={"opset_version": OPSET},
             **common,
@@ -134,7 +131,7 @@ def export_onnx(
             "nms": {"detections": "[N, 7] image index, x1, y1, x2, y2, score, class"},
         },
         "nms": {
-            "pre_nms_anchors": PRE_NMS_ANCHORS,
+            "pre_nms_anchors": sg.TOP_K,
             "score_threshold": score_threshold,
             "iou_threshold": iou_threshold,
             "max_predictions": max_predictions,
@@ -214,11 +211,11 @@ def torch_reference(
     score_threshold: float,
     iou_threshold: float,
     max_predictions: int,
-    pre_nms: int = PRE_NMS_ANCHORS,
+    pre_nms: int | None = None,
 ) -> dict[str, np.ndarray]:
     """PyTorch's decoded outputs for one letterboxed BGR image, and its detections by the exported graph's
-    algorithm: the ``pre_nms`` anchors with the best class score, every class above ``score_threshold``,
-    NMS per class, the ``max_predictions`` most confident."""
+    algorithm: the ``pre_nms`` (default :data:`sg.TOP_K`) anchors with the best class score, every class
+    above ``score_threshold``, NMS per class, the ``max_predictions`` most confident."""
     import torch
     import torchvision
 
@@ -227,7 +224,7 @@ def torch_reference(
     device = next(model.parameters()).device
     with torch.no_grad():
         boxes, scores = (t[0].float() for t in sg.decode(model, sg.input_batch([sg.normalise(padded_bgr)], device)))
-        top = torch.topk(scores.max(dim=1).values, k=min(pre_nms, len(scores))).indices
+        top = torch.topk(scores.max(dim=1).values, k=min(pre_nms or sg.TOP_K, len(scores))).indices
         anchor, label = (scores[top] > score_threshold).nonzero(as_tuple=True)
         kept_boxes, kept_scores = boxes[top][anchor], scores[top][anchor, label]
         keep = torchvision.ops.batched_nms(kept_boxes, kept_scores, label, iou_threshold)[:max_predictions]

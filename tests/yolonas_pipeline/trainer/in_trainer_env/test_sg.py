@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from yolonas_pipeline.contracts import DatasetManifest
-from yolonas_pipeline.trainer import data, export, sg
+from yolonas_pipeline.trainer import data, sg
 
 INPUT_SIZE = 96
 
 
-def test_export_and_evaluation_use_the_same_nms_limits() -> None:
-    assert export.PRE_NMS_ANCHORS == sg.TOP_K
+def test_explicit_nms_limits_override_only_what_they_name() -> None:
     callback = sg.post_prediction_callback(iou_threshold=0.5, max_predictions=7)
     assert (callback.score_threshold, callback.nms_threshold, callback.nms_top_k, callback.max_predictions) == (
         sg.SCORE_THRESHOLD,
