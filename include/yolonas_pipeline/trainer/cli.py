@@ -1,8 +1,11 @@
 """The trainer command line. Runs in the trainer environment only (torch + super-gradients).
 
-The compatibility fixes are applied before super-gradients is first imported; the work directory
-(``YOLONAS_WORK_DIR``, default a fresh temporary directory) holds the local copies of the dataset and
-checkpoints and super-gradients' own logs. S3 credentials come from the standard ``AWS_*`` variables.
+The requests are the contracts' :class:`~yolonas_pipeline.contracts.TrainRequest` and
+:class:`~yolonas_pipeline.contracts.EvaluateRequest`, parsed from the flags the orchestration side renders with
+:func:`~yolonas_pipeline.contracts.trainer_argv`. Logging is configured first (:mod:`yolonas_pipeline.trainer.logs`),
+then the compatibility fixes, before super-gradients is first imported; the work directory
+(``YOLONAS_WORK_DIR``, default a fresh temporary directory) holds the local copies of the dataset and checkpoints
+and super-gradients' own logs. S3 credentials come from the standard ``AWS_*`` variables.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
+from yolonas_pipeline.contracts import EvaluateRequest, TrainRequest
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.trainer import compat
-from yolonas_pipeline.trainer_command import EvaluateRequest, TrainRequest, from_argv
+from yolonas_pipeline.storage import Storage
+from yolonas_pipeline.trainer import compat, logs
 
 USAGE = "usage: python -m yolonas_pipeline.trainer {train,evaluate} --help"
+COMMANDS: dict[str, type[TrainRequest] | type[EvaluateRequest]] = {"train": TrainRequest, "evaluate": EvaluateRequest}
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # As PID 1 in a pod, Python ignores SIGTERM by default; a deleted pod would then only stop after
     # the grace period. SystemExit (not KeyboardInterrupt, which super-gradients swallows and then
     # reports a finished training) unwinds through its cleanup and leaves no result.json behind.
@@ -30,14 +36,15 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    logs.configure()
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in ("train", "evaluate"):
+    if not args or args[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 2
     command, rest = args[0], args[1:]
     prog = f"python -m yolonas_pipeline.trainer {command}"
     try:
-        request = from_argv(TrainRequest if command == "train" else EvaluateRequest, rest, prog=prog)
+        request = COMMANDS[command].from_argv(rest, prog=prog)
     except StageInputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -46,20 +53,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     compat.apply(log_dir=str(work_dir / "sg_logs"))
     compat.check_environment()
-
-    # Imported only now: super-gradients must see the patched environment on first import.
-    from yolonas_pipeline.storage import Storage
+    logs.protect_log_files()  # the first import of super-gradients
 
     storage = Storage(connection_hint="the trainer's AWS_* environment variables")
     try:
-        if command == "train":
+        # Imported only now: super-gradients must see the patched environment on first import.
+        if isinstance(request, TrainRequest):
             from yolonas_pipeline.trainer.training import run_train
 
-            run_train(request, work_dir=work_dir, storage=storage)  # type: ignore[arg-type]
+            run_train(request, work_dir=work_dir, storage=storage)
         else:
             from yolonas_pipeline.trainer.evaluation import run_evaluate
 
-            run_evaluate(request, work_dir=work_dir, storage=storage)  # type: ignore[arg-type]
+            run_evaluate(request, work_dir=work_dir, storage=storage)
     except (StageInputError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
 super-gradients 3.7.1 (April 2024) is unmaintained; on torch 2.14 / numpy 2 / setuptools 81 it breaks in
 known ways (see the project's reference notes, section 9). :func:`apply` must run before the first
-``import super_gradients``; :mod:`yolonas_pipeline.trainer.__main__` calls it first thing.
+``import super_gradients``; :func:`yolonas_pipeline.trainer.cli.main` calls it before anything imports it.
 
 - **pkg_resources**: imported at module level by super-gradients; setuptools >= 82 removed it, so the
   lock file pins ``setuptools<82`` and :func:`check_environment` says so if it is missing.

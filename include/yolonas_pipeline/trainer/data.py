@@ -34,28 +34,25 @@ from super_gradients.training.transforms.utils import (
 from super_gradients.training.utils.collate_fn import DetectionCollateFN
 from torch.utils.data import DataLoader
 
-from yolonas_pipeline import materialize
-from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.contracts import DatasetManifest
 from yolonas_pipeline.storage import Storage
-from yolonas_pipeline.trainer import speed
+from yolonas_pipeline.trainer import sg, speed
 
 #: Batches each loader worker prepares ahead (torch's default is 2): absorbs slow images (large JPEGs).
 PREFETCH_BATCHES = 4
 
 
-def read_manifest(dataset_dir: Path) -> dict[str, Any]:
-    """The downloaded export's manifest, checked by the materialize stage's own reader (format, completeness)."""
-    return materialize.read_manifest(str(dataset_dir), storage=Storage())
+def read_manifest(dataset_dir: Path) -> DatasetManifest:
+    """The downloaded export's manifest, validated by its contract (format, fields, completeness)."""
+    return DatasetManifest.read_export(str(dataset_dir), storage=Storage())
 
 
-def eval_split(manifest: dict[str, Any], requested: str = "auto") -> str:
+def eval_split(manifest: DatasetManifest, requested: str = "auto") -> str:
     """The split to evaluate on: the requested one, else test when the export has it, else validation."""
-    splits = manifest["splits"]
     if requested != "auto":
-        if requested not in splits:
-            raise StageInputError(f"split {requested!r} is not in the dataset; it has {', '.join(sorted(splits))}")
+        manifest.split(requested)  # names the splits there are when it is not one of them
         return requested
-    return "test" if "test" in splits else "validation"
+    return "test" if "test" in manifest.splits else "validation"
 
 
 def seed_train_transforms(input_size: int) -> list[Any]:
@@ -64,7 +61,7 @@ def seed_train_transforms(input_size: int) -> list[Any]:
     return [
         *_augmentations(dim, DetectionHSV(prob=1.0, hgain=5, vgain=30, sgain=30), DetectionHorizontalFlip(prob=0.5)),
         DetectionPaddedRescale(input_dim=dim),
-        DetectionStandardize(max_value=255),
+        DetectionStandardize(max_value=sg.MAX_PIXEL),
         DetectionTargetsFormatTransform(input_dim=dim, output_format="LABEL_CXCYWH"),
     ]
 
@@ -96,7 +93,7 @@ def _augmentations(dim: tuple[int, int], hsv: DetectionHSV, flip: DetectionHoriz
     ]
 
 
-class CopyingHorizontalFlip(DetectionHorizontalFlip):
+class CopyingHorizontalFlip(DetectionHorizontalFlip):  # type: ignore[misc]  # super-gradients is untyped
     """``DetectionHorizontalFlip`` (same draw, same boxes) that returns a contiguous image.
 
     super-gradients returns the ``image[:, ::-1]`` view, and whatever copies it next (a resize, the float
@@ -116,7 +113,7 @@ class CopyingHorizontalFlip(DetectionHorizontalFlip):
         return sample
 
 
-class LookupHSV(DetectionHSV):
+class LookupHSV(DetectionHSV):  # type: ignore[misc]
     """``DetectionHSV`` with the same random draws and output, 4-6x faster.
 
     super-gradients shifts hue (mod 180) and clips saturation and value on an int16 copy of the HSV image,
@@ -127,7 +124,8 @@ class LookupHSV(DetectionHSV):
 
     def apply_to_image(self, image: np.ndarray) -> np.ndarray:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or tuple(self.bgr_channels) != (0, 1, 2):
-            return super().apply_to_image(image)
+            theirs: np.ndarray = super().apply_to_image(image)
+            return theirs
         # The draws of super-gradients' augment_hsv, in its order.
         gains = np.random.uniform(-1, 1, 3) * [self.hgain, self.sgain, self.vgain]
         gains *= np.random.randint(0, 2, 3)
@@ -141,7 +139,7 @@ class LookupHSV(DetectionHSV):
         return cv2.cvtColor(cv2.LUT(hsv, table.reshape(1, 256, 3)), cv2.COLOR_HSV2BGR)
 
 
-class PaddedRescaleUint8(DetectionPaddedRescale):
+class PaddedRescaleUint8(DetectionPaddedRescale):  # type: ignore[misc]
     """``DetectionPaddedRescale`` (same resize, bottom-right padding and boxes) that keeps the uint8 HWC image:
     no transpose and no float copy. For the training loader only; validation keeps the seed's transforms,
     which define the model's preprocessing for ``predict``."""
@@ -160,7 +158,7 @@ class PaddedRescaleUint8(DetectionPaddedRescale):
         return sample
 
 
-class Collate(DetectionCollateFN):
+class Collate(DetectionCollateFN):  # type: ignore[misc]
     """``DetectionCollateFN`` for both kinds of samples: uint8 HWC images (training) become one NCHW uint8
     batch whose memory is NHWC (channels_last, no copy beyond the stack); float CHW images (validation) go
     through super-gradients' own path."""
@@ -168,51 +166,51 @@ class Collate(DetectionCollateFN):
     def __call__(self, data: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
         images = [item[0] for item in data]
         if not (isinstance(images[0], np.ndarray) and images[0].dtype == np.uint8 and images[0].ndim == 3):
-            return super().__call__(data)
+            collated: tuple[torch.Tensor, torch.Tensor] = super().__call__(data)
+            return collated
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
         return batch, self._format_targets([item[1] for item in data])
 
 
 def eval_transforms(input_size: int) -> list[Any]:
     """Only deterministic transforms: every one has a preprocessing equivalent, so the trained model
-    carries its own image processor and ``model.predict`` works without manual preprocessing."""
+    carries its own image processor and ``model.predict`` works without manual preprocessing. They are the
+    preprocessing :mod:`yolonas_pipeline.trainer.sg` applies for evaluation and export."""
     dim = (input_size, input_size)
     return [
-        DetectionPaddedRescale(input_dim=dim, max_targets=300),
-        DetectionStandardize(max_value=255),
+        DetectionPaddedRescale(input_dim=dim, max_targets=300, pad_value=sg.PAD_VALUE),
+        DetectionStandardize(max_value=sg.MAX_PIXEL),
         DetectionTargetsFormatTransform(input_dim=dim, output_format="LABEL_CXCYWH"),
     ]
 
 
 def build_dataset(
-    dataset_dir: Path, manifest: dict[str, Any], split: str, *, input_size: int, train: bool
+    dataset_dir: Path, manifest: DatasetManifest, split: str, *, input_size: int, train: bool
 ) -> COCOFormatDetectionDataset:
-    if split not in manifest["splits"]:
-        raise StageInputError(
-            f"split {split!r} is not in the dataset at {dataset_dir}; it has {', '.join(sorted(manifest['splits']))}"
-        )
-    entry = manifest["splits"][split]
+    entry = manifest.split(split)
     return COCOFormatDetectionDataset(
         data_dir=str(dataset_dir),
-        images_dir=entry["images_dir"],
-        json_annotation_file=entry["annotation_file"],
+        images_dir=entry.images_dir,
+        json_annotation_file=entry.annotation_file,
         input_dim=(input_size, input_size),
         # Keep images without boxes: they teach the model (and score) background.
         ignore_empty_annotations=False,
         with_crowd=False,
-        all_classes_list=list(manifest["class_names"]),
+        all_classes_list=list(manifest.class_names),
         transforms=train_transforms(input_size) if train else eval_transforms(input_size),
     )
 
 
 def build_loader(
     dataset: COCOFormatDetectionDataset, *, batch_size: int, workers: int, train: bool, seed: int = 0
-) -> DataLoader:
+) -> DataLoader[Any]:
     """A loader that keeps a GPU fed: ``workers`` 0 sizes it from the pod's CPUs
     (:func:`yolonas_pipeline.trainer.speed.loader_workers`); workers persist across epochs and prefetch
     several batches each; batches land in pinned memory when there is a GPU to copy them to."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=seed) if distributed else None
+    sampler: torch.utils.data.DistributedSampler[Any] | None = (
+        torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=seed) if distributed else None
+    )
     generator = torch.Generator()
     generator.manual_seed(seed)
     num_workers = speed.loader_workers(workers)
@@ -236,7 +234,7 @@ def build_loader(
     )
 
 
-def images_per_epoch(loader: DataLoader) -> int:
+def images_per_epoch(loader: DataLoader[Any]) -> int:
     """Images one process trains on per epoch (what images/s figures count)."""
     if loader.drop_last and loader.batch_size:
         return len(loader) * loader.batch_size

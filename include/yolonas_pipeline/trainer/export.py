@@ -1,7 +1,7 @@
 """ONNX export of a trained YOLO-NAS model, with and without NMS, checked in onnxruntime against PyTorch.
 
 Both files take one ``uint8`` RGB image, NCHW, already letterboxed to ``input_size`` (scale the longer side,
-pad bottom and right with 114, as :func:`yolonas_pipeline.trainer.evaluation.letterbox`); channel order and
+pad bottom and right with 114, as :func:`yolonas_pipeline.trainer.sg.letterbox`); channel order and
 the division by 255 are inside the graph.
 
 - ``model.onnx``: raw decoded outputs ``boxes [1, anchors, 4]`` (x1, y1, x2, y2 input pixels) and
@@ -16,6 +16,9 @@ report; a mismatch raises, so a model that does not survive export is never publ
 super-gradients' exporter needs ``onnx_graphsurgeon`` and, when it is missing, pip-installs it from
 NVIDIA's index at run time; this module refuses instead (it comes from the trainer lock file). The
 ``dynamo=False`` default for ``torch.onnx.export`` comes from :func:`yolonas_pipeline.trainer.compat.apply`.
+
+The comparisons are plain numpy (the Airflow-side tests import them); torch and super-gradients are imported
+inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.storage import sha256_file
+from yolonas_pipeline.trainer.scoring import box_iou
+
+if TYPE_CHECKING:
+    from super_gradients.training.models.detection_models.customizable_detector import CustomizableDetector
 
 RAW_FILE = "model.onnx"
 NMS_FILE = "model_nms.onnx"
@@ -39,8 +46,6 @@ OPSET = 17
 MAX_BOX_DIFF_PX = 0.5
 MAX_SCORE_DIFF = 1e-3
 MIN_IOU = 0.99
-#: Anchors (best class score first) that enter the exported NMS; super-gradients' default.
-PRE_NMS_ANCHORS = 1000
 
 
 class ExportMismatchError(RuntimeError):
@@ -48,7 +53,7 @@ class ExportMismatchError(RuntimeError):
 
 
 def export_onnx(
-    model: Any,
+    model: CustomizableDetector,
     *,
     out_dir: Path,
     sample_image: Path | np.ndarray,
@@ -66,13 +71,13 @@ def export_onnx(
     _require_graphsurgeon()
     from super_gradients.conversion import DetectionOutputFormatMode
 
-    from yolonas_pipeline.trainer.evaluation import letterbox, read_image
+    from yolonas_pipeline.trainer import sg
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Exported and compared on the CPU: a GPU's TF32 convolutions would blur the comparison with onnxruntime.
     model = copy.deepcopy(model).to("cpu").eval()
-    image = read_image(sample_image) if isinstance(sample_image, Path) else sample_image
-    padded_bgr, _ = letterbox(image, input_size)
+    image = sg.read_image(sample_image) if isinstance(sample_image, Path) else sample_image
+    padded_bgr, _ = sg.letterbox(image, input_size)
     reference = torch_reference(model, padded_bgr, score_threshold, iou_threshold, max_predictions)
 
     started = time.monotonic()
@@ -97,7 +102,7 @@ def export_onnx(
             confidence_threshold=score_threshold,
             nms_threshold=iou_threshold,
             max_predictions_per_image=max_predictions,
-            num_pre_nms_predictions=PRE_NMS_ANCHORS,
+            num_pre_nms_predictions=sg.TOP_K,
             output_predictions_format=DetectionOutputFormatMode.FLAT_FORMAT,
             onnx_export_kwargs={"opset_version": OPSET},
             **common,
@@ -109,7 +114,8 @@ def export_onnx(
     nms_check = compare_nms(
         run_onnx(nms_path, rgb_nchw)[0], reference["detections"], reference["raw"], iou_threshold=iou_threshold
     )
-    report = {
+    checks: dict[str, dict[str, Any]] = {"raw": raw_check, "nms": nms_check}
+    report: dict[str, Any] = {
         "files": {"raw": RAW_FILE, "nms": NMS_FILE},
         "sha256": {RAW_FILE: sha256_file(raw_path), NMS_FILE: sha256_file(nms_path)},
         "size": {RAW_FILE: raw_path.stat().st_size, NMS_FILE: nms_path.stat().st_size},
@@ -125,16 +131,16 @@ def export_onnx(
             "nms": {"detections": "[N, 7] image index, x1, y1, x2, y2, score, class"},
         },
         "nms": {
-            "pre_nms_anchors": PRE_NMS_ANCHORS,
+            "pre_nms_anchors": sg.TOP_K,
             "score_threshold": score_threshold,
             "iou_threshold": iou_threshold,
             "max_predictions": max_predictions,
         },
         "opset": OPSET,
-        "check": {"raw": raw_check, "nms": nms_check},
+        "check": checks,
         "export_seconds": round(export_seconds, 1),
     }
-    problems = [f"{kind}: {check['problem']}" for kind, check in report["check"].items() if check.get("problem")]
+    problems = [f"{kind}: {check['problem']}" for kind, check in checks.items() if check.get("problem")]
     if problems:
         raise ExportMismatchError("ONNX export does not match PyTorch: " + "; ".join(problems))
     return report
@@ -200,28 +206,25 @@ def _require_graphsurgeon() -> None:
 
 
 def torch_reference(
-    model: Any,
+    model: CustomizableDetector,
     padded_bgr: np.ndarray,
     score_threshold: float,
     iou_threshold: float,
     max_predictions: int,
-    pre_nms: int = PRE_NMS_ANCHORS,
+    pre_nms: int | None = None,
 ) -> dict[str, np.ndarray]:
     """PyTorch's decoded outputs for one letterboxed BGR image, and its detections by the exported graph's
-    algorithm: the ``pre_nms`` anchors with the best class score, every class above ``score_threshold``,
-    NMS per class, the ``max_predictions`` most confident."""
+    algorithm: the ``pre_nms`` (default :data:`sg.TOP_K`) anchors with the best class score, every class
+    above ``score_threshold``, NMS per class, the ``max_predictions`` most confident."""
     import torch
     import torchvision
-    from super_gradients.training.models.detection_models.pp_yolo_e import PPYoloEPostPredictionCallback
 
-    decode = PPYoloEPostPredictionCallback(
-        score_threshold=score_threshold, nms_threshold=iou_threshold, nms_top_k=pre_nms, max_predictions=max_predictions
-    )._get_decoded_predictions_from_model_output
+    from yolonas_pipeline.trainer import sg
+
     device = next(model.parameters()).device
-    tensor = torch.from_numpy(padded_bgr.transpose(2, 0, 1).astype(np.float32)[None] / 255.0).to(device)
     with torch.no_grad():
-        boxes, scores = (t[0].float() for t in decode(model.eval()(tensor)))
-        top = torch.topk(scores.max(dim=1).values, k=min(pre_nms, len(scores))).indices
+        boxes, scores = (t[0].float() for t in sg.decode(model, sg.input_batch([sg.normalise(padded_bgr)], device)))
+        top = torch.topk(scores.max(dim=1).values, k=min(pre_nms or sg.TOP_K, len(scores))).indices
         anchor, label = (scores[top] > score_threshold).nonzero(as_tuple=True)
         kept_boxes, kept_scores = boxes[top][anchor], scores[top][anchor, label]
         keep = torchvision.ops.batched_nms(kept_boxes, kept_scores, label, iou_threshold)[:max_predictions]
@@ -236,7 +239,8 @@ def run_onnx(path: Path, image_nchw: np.ndarray) -> list[np.ndarray]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: image_nchw})
+    outputs: list[np.ndarray] = session.run(None, {session.get_inputs()[0].name: image_nchw})
+    return outputs
 
 
 def compare_raw(onnx_outputs: list[np.ndarray], reference: np.ndarray) -> dict[str, Any]:
@@ -269,8 +273,6 @@ def compare_nms(flat: np.ndarray, reference: np.ndarray, raw: np.ndarray, *, iou
       scores: the other side kept a box of the same class, at least as confident, that overlaps it by more
       than the NMS IoU (an untrained model scores every box alike, so this happens).
     """
-    from yolonas_pipeline.trainer.evaluation import box_iou
-
     onnx_boxes, onnx_scores = flat[:, 1:5].astype(np.float64), flat[:, 5].astype(np.float64)
     onnx_labels = flat[:, 6].astype(np.int64)
     ref = reference[np.argsort(-reference[:, 4], kind="mergesort")].astype(np.float64)
@@ -296,12 +298,12 @@ def compare_nms(flat: np.ndarray, reference: np.ndarray, raw: np.ndarray, *, iou
             box_diffs.append(float(np.abs(onnx_boxes[j] - ref_boxes[i]).max()))
     suppressing = ious > iou_threshold - 1e-6
     unexplained = 0
-    for i in np.flatnonzero(~ref_matched):
-        unexplained += not (same_class[i] & suppressing[i] & (onnx_scores >= ref_scores[i] - MAX_SCORE_DIFF)).any()
-    for j in np.flatnonzero(~used):
-        unexplained += not (
-            same_class[:, j] & suppressing[:, j] & (ref_scores >= onnx_scores[j] - MAX_SCORE_DIFF)
-        ).any()
+    for i in map(int, np.flatnonzero(~ref_matched)):
+        unexplained += int(not (same_class[i] & suppressing[i] & (onnx_scores >= ref_scores[i] - MAX_SCORE_DIFF)).any())
+    for j in map(int, np.flatnonzero(~used)):
+        unexplained += int(
+            not (same_class[:, j] & suppressing[:, j] & (ref_scores >= onnx_scores[j] - MAX_SCORE_DIFF)).any()
+        )
 
     problem = None
     if not_candidates:

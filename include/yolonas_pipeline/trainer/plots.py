@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-if TYPE_CHECKING:
-    from yolonas_pipeline.trainer.evaluation import DetectionEvaluation, ImagePrediction, ImageTruth
+from yolonas_pipeline.trainer.scoring import RECALL_POINTS, DetectionEvaluation, ImagePrediction, ImageTruth
 
 PR_CURVES = "pr_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
@@ -62,8 +61,6 @@ def class_colour(index: int) -> tuple[float, float, float]:
 
 def pr_curves(result: DetectionEvaluation) -> Figure:
     """Precision against recall at IoU 0.50, one line per class (COCO's interpolated precision), and the mean."""
-    from yolonas_pipeline.trainer.evaluation import RECALL_POINTS
-
     figure = Figure(figsize=(7, 5.5))
     axes = figure.add_subplot()
     with_truth = [k for k in range(len(result.class_names)) if result.recall[0, k] >= 0]
@@ -185,6 +182,6 @@ def sample_grid(
     return figure
 
 
-def _rect(box: np.ndarray, colour: object, **style: object) -> Rectangle:
+def _rect(box: np.ndarray, colour: object, **style: Any) -> Rectangle:
     x1, y1, x2, y2 = (float(v) for v in box)
     return Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, **style)

@@ -5,7 +5,8 @@ Layout under ``output_uri``::
     run/                 super-gradients' run directory (ckpt_latest.pth, ckpt_best.pth, logs, tfevents)
     state.json           {"run_id", "epochs_completed", "history"}: the commit point, rewritten after each
                          epoch's files are uploaded (ckpt_latest.pth last of them)
-    result.json          written last, when training is complete; the Airflow task reads it
+    result.json          written last, when training is complete (:class:`~yolonas_pipeline.contracts.TrainResult`);
+                         the Airflow task and the evaluate command read it
 
 A retry of the same request finds ``state.json``, restores ``run/`` into a local run directory of the
 same id and lets super-gradients resume it (net, EMA, optimizer, scaler, epoch); a retry after
@@ -16,6 +17,8 @@ trains, and is always complete before super-gradients writes the next checkpoint
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
 import time
@@ -26,24 +29,25 @@ from typing import Any
 import torch
 from super_gradients.common.data_types.enum import MultiGPUMode
 from super_gradients.common.environment.ddp_utils import get_local_rank, multi_process_safe
-from super_gradients.common.object_names import Models
-from super_gradients.training import Trainer, models
+from super_gradients.training import Trainer
 from super_gradients.training.losses import PPYoloELoss
 from super_gradients.training.metrics import DetectionMetrics_050
-from super_gradients.training.models.detection_models.pp_yolo_e import PPYoloEPostPredictionCallback
 from super_gradients.training.utils.callbacks.base_callbacks import Callback, PhaseContext
 from super_gradients.training.utils.distributed_training_utils import setup_device, wait_for_the_master
 
+from yolonas_pipeline.contracts import TRAIN_RESULT_FILE, TrainRequest, TrainResult
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.storage import Storage, join_uri
-from yolonas_pipeline.trainer import data, speed
-from yolonas_pipeline.trainer.runtime import log, to_jsonable
-from yolonas_pipeline.trainer_command import RESULT_FILE, TrainRequest
+from yolonas_pipeline.trainer import data, sg, speed
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT = "yolonas"
 STATE_FILE = "state.json"
 RUN_DIR = "run"
 LATEST_CHECKPOINT = "ckpt_latest.pth"
+BEST_CHECKPOINT = "ckpt_best.pth"
+AVERAGE_CHECKPOINT = "average_model.pth"
 #: Per-epoch snapshots are large and only useful locally; everything else in the run directory is synced.
 _NOT_SYNCED_PREFIXES = ("ckpt_epoch_",)
 #: A progress line during an epoch at most this often (super-gradients' own progress bar is off: it is
@@ -51,8 +55,17 @@ _NOT_SYNCED_PREFIXES = ("ckpt_epoch_",)
 PROGRESS_EVERY_S = 60.0
 
 
-def post_prediction_callback() -> PPYoloEPostPredictionCallback:
-    return PPYoloEPostPredictionCallback(score_threshold=0.01, nms_top_k=1000, max_predictions=300, nms_threshold=0.7)
+def to_jsonable(value: Any) -> Any:
+    """numpy / torch scalars (super-gradients returns np.float32) to plain floats; NaN to None."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def training_params(request: TrainRequest, class_names: list[str], callbacks: list[Callback]) -> dict[str, Any]:
@@ -83,7 +96,7 @@ def training_params(request: TrainRequest, class_names: list[str], callbacks: li
                 normalize_targets=True,
                 include_classwise_ap=True,
                 class_names=class_names,
-                post_prediction_callback=post_prediction_callback(),
+                post_prediction_callback=sg.post_prediction_callback(),
             )
         ],
         "metric_to_watch": "mAP@0.50",
@@ -97,7 +110,7 @@ def training_params(request: TrainRequest, class_names: list[str], callbacks: li
     }
 
 
-class RunSync(Callback):
+class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
     """After each epoch's checkpoint is written, upload the run directory and log one readable line.
 
     super-gradients saves the checkpoint after every callback of the epoch has run, so the upload starts
@@ -139,12 +152,12 @@ class RunSync(Callback):
         self.run_dir = Path(context.ckpt_dir)
         self.run_id = self.run_dir.name
 
-    @multi_process_safe
+    @multi_process_safe  # type: ignore[untyped-decorator]
     def on_train_loader_start(self, context: PhaseContext) -> None:
         self._publish_pending(background=True)
         self._epoch_started = self._train_started = self._last_progress = time.monotonic()
 
-    @multi_process_safe
+    @multi_process_safe  # type: ignore[untyped-decorator]
     def on_train_batch_end(self, context: PhaseContext) -> None:
         now = time.monotonic()
         if now - self._last_progress < PROGRESS_EVERY_S:
@@ -152,7 +165,7 @@ class RunSync(Callback):
         self._last_progress = now
         done = (context.batch_idx or 0) + 1
         rate = done * self.images_per_epoch / max(self.batches_per_epoch, 1) / (now - self._train_started)
-        log(f"epoch {context.epoch + 1}: batch {done}/{self.batches_per_epoch}, {rate:.1f} images/s")
+        log.info("epoch %d: batch %d/%d, %.1f images/s", context.epoch + 1, done, self.batches_per_epoch, rate)
 
     def on_train_loader_end(self, context: PhaseContext) -> None:
         seconds = time.monotonic() - self._train_started
@@ -163,7 +176,7 @@ class RunSync(Callback):
             "images_per_second": round(self.images_per_epoch / seconds, 1) if seconds > 0 else None,
         }
 
-    @multi_process_safe
+    @multi_process_safe  # type: ignore[untyped-decorator]
     def on_validation_loader_end(self, context: PhaseContext) -> None:
         if self._pending is not None:
             self._pending["valid"] = to_jsonable(context.metrics_dict or {})
@@ -171,7 +184,7 @@ class RunSync(Callback):
         # super-gradients writes this epoch's checkpoints right after this hook.
         self.wait()
 
-    @multi_process_safe
+    @multi_process_safe  # type: ignore[untyped-decorator]
     def on_average_best_models_validation_start(self, context: PhaseContext) -> None:
         self._publish_pending(background=False)
 
@@ -181,7 +194,7 @@ class RunSync(Callback):
         self.wait()
         entry, self._pending = self._pending, None
         self.history.append(entry)
-        log(epoch_line(entry))
+        log.info("%s", epoch_line(entry))
         state = {"run_id": self.run_id, "epochs_completed": entry["epoch"], "history": list(self.history)}
         # The file list is taken now, while nothing is writing checkpoints; only the bytes move later.
         changed = self._changed_files()
@@ -321,15 +334,17 @@ def _restore_run(
         history = reconcile_history(history, epochs, metrics)
     if download:
         done = history[-1]["epoch"] if history else 0
-        log(f"resuming run {run_id} after epoch {done} from {request.output_uri}")
+        log.info("resuming run %s after epoch %d from %s", run_id, done, request.output_uri)
     return run_id, history, local_run
 
 
-def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> dict[str, Any]:
-    result_uri = join_uri(request.output_uri, RESULT_FILE)
+def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> TrainResult | None:
+    """Run the ``train`` command; returns the result it wrote (or found), ``None`` on the other processes of a
+    multi-GPU run."""
+    result_uri = join_uri(request.output_uri, TRAIN_RESULT_FILE)
     if storage.exists(result_uri):
-        log(f"training already complete: {result_uri} exists; nothing to do")
-        return json.loads(storage.read_text(result_uri))
+        log.info("training already complete: %s exists; nothing to do", result_uri)
+        return TrainResult.read(result_uri, storage=storage)
 
     started = time.monotonic()
     _setup_device(request)
@@ -338,10 +353,10 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> dic
     dataset_dir = work_dir / "dataset"
     with wait_for_the_master(rank):
         if rank == 0:
-            log(f"downloading dataset {request.dataset_uri}")
+            log.info("downloading dataset %s", request.dataset_uri)
             storage.download_tree(request.dataset_uri, dataset_dir)
     manifest = data.read_manifest(dataset_dir)
-    class_names = [str(name) for name in manifest["class_names"]]
+    class_names = [str(name) for name in manifest.class_names]
     if len(class_names) != request.num_classes:
         raise StageInputError(
             f"num_classes={request.num_classes} but the dataset at {request.dataset_uri} has {len(class_names)} "
@@ -361,20 +376,23 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> dic
         workers=request.workers,
         train=False,
     )
-    log(
-        f"{data.images_per_epoch(train_loader)} training images per epoch in {len(train_loader)} batches, "
-        f"{train_loader.num_workers} loader workers, channels_last={speed.use_channels_last(request.channels_last)}"
+    log.info(
+        "%d training images per epoch in %d batches, %d loader workers, channels_last=%s",
+        data.images_per_epoch(train_loader),
+        len(train_loader),
+        train_loader.num_workers,
+        speed.use_channels_last(request.channels_last),
     )
 
     checkpoint_path = None
     if request.checkpoint_uri:
         checkpoint_path = work_dir / "base_checkpoint.pth"
-        log(f"downloading base checkpoint {request.checkpoint_uri}")
+        log.info("downloading base checkpoint %s", request.checkpoint_uri)
         storage.download_file(request.checkpoint_uri, checkpoint_path)
-    model = models.get(
-        getattr(Models, request.model_name.upper()),
+    model = sg.build_model(
+        request.model_name,
         num_classes=request.num_classes,
-        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
+        checkpoint_path=checkpoint_path,
         checkpoint_num_classes=request.checkpoint_num_classes,
     )
     if speed.use_channels_last(request.channels_last):
@@ -403,37 +421,37 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> dic
 
     # Only the first process writes (under torchrun every process runs this function).
     if rank != 0:
-        return {}
+        return None
     done = history[-1]["epoch"] if history else 0
     if done < request.epochs:
         # super-gradients turns a KeyboardInterrupt into a normal return; that is not a finished training.
         raise RuntimeError(f"training stopped after epoch {done} of {request.epochs}; a retry resumes it")
     removed = sync.finish()
     if removed:
-        log(f"removed from {sync.run_uri} what the finished run no longer has: {', '.join(removed)}")
+        log.info("removed from %s what the finished run no longer has: %s", sync.run_uri, ", ".join(removed))
     run_uri = sync.run_uri
     run_dir = Path(trainer.checkpoints_dir_path)
+    averaged = (run_dir / AVERAGE_CHECKPOINT).exists()
     final_valid = history[-1]["valid"] if history else {}
-    result = {
-        "run_id": sync.run_id or run_dir.name,
-        "model_name": request.model_name,
-        "num_classes": request.num_classes,
-        "class_names": class_names,
-        "input_size": request.input_size,
-        "epochs_completed": done,
-        "best_checkpoint_uri": join_uri(run_uri, "ckpt_best.pth"),
-        "latest_checkpoint_uri": join_uri(run_uri, LATEST_CHECKPOINT),
-        "average_checkpoint_uri": join_uri(run_uri, "average_model.pth")
-        if (run_dir / "average_model.pth").exists()
-        else None,
-        "run_uri": run_uri,
-        "valid_metrics": final_valid,
-        "history": history,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "gpus": world_size if torch.cuda.is_available() else 0,
-        "loader_workers": train_loader.num_workers,
-        "seconds_this_attempt": round(time.monotonic() - started, 1),
-    }
-    storage.write_text(result_uri, json.dumps(result, indent=2))
-    log(f"training complete: {result['epochs_completed']} epochs; result at {result_uri}")
+    result = TrainResult(
+        run_id=sync.run_id or run_dir.name,
+        model_name=request.model_name,
+        num_classes=request.num_classes,
+        class_names=class_names,
+        input_size=request.input_size,
+        epochs_completed=done,
+        best_checkpoint_uri=join_uri(run_uri, BEST_CHECKPOINT),
+        latest_checkpoint_uri=join_uri(run_uri, LATEST_CHECKPOINT),
+        average_checkpoint_uri=join_uri(run_uri, AVERAGE_CHECKPOINT) if averaged else None,
+        run_uri=run_uri,
+        valid_metrics=final_valid,
+        history=history,
+        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        gpus=world_size if torch.cuda.is_available() else 0,
+        loader_workers=train_loader.num_workers,
+        seconds_this_attempt=round(time.monotonic() - started, 1),
+        request=request,
+    )
+    result.write(result_uri, storage=storage)
+    log.info("training complete: %d epochs; result at %s", result.epochs_completed, result_uri)
     return result

@@ -1,5 +1,6 @@
 """The evaluation: COCO-exact scoring (checked against pycocotools), the evaluate command against a real S3
-API (moto) with a really trained checkpoint, its metrics.json, plots, ONNX export and champion re-scoring.
+API (moto) with a really trained model (its TrainResult), its metrics.json, plots, ONNX export and champion
+re-scoring.
 
 The scoring functions are numpy only and run here, in the Airflow environment; the command runs in the
 trainer environment as a subprocess, exactly as the operator's local backend runs it.
@@ -20,16 +21,23 @@ import pytest
 from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoS3
 from trained_model import TrainedModel, trained_model, trainer_env
 
-from yolonas_pipeline.promote import champion_uri, pointer_document, write_champion
+from yolonas_pipeline.contracts import (
+    BundleManifest,
+    ChampionPointer,
+    EvaluateRequest,
+    FileEntry,
+    Metrics,
+    TrainResult,
+    trainer_argv,
+)
 from yolonas_pipeline.storage import Storage, sha256_file
-from yolonas_pipeline.trainer.evaluation import (
+from yolonas_pipeline.trainer.scoring import (
     ImagePrediction,
     ImageTruth,
     coco_results,
     evaluate_detections,
     read_truths,
 )
-from yolonas_pipeline.trainer_command import EvaluateRequest, trainer_argv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -161,6 +169,13 @@ def test_classes_without_boxes_are_left_out_of_the_mean() -> None:
     assert result.best_f1["f1"] == pytest.approx(1.0) and result.best_f1["score_threshold"] == pytest.approx(0.9)
 
 
+def test_without_boxes_the_best_f1_threshold_is_the_lowest_score_reported() -> None:
+    truth = ImageTruth(1, "x.jpg", 100, 100, boxes=np.zeros((0, 4)), labels=[])
+    result = evaluate_detections([truth], [ImagePrediction.empty()], ["cat"], score_threshold=0.1, min_score=0.01)
+    assert result.best_f1 == {"score_threshold": 0.01, "f1": 0.0, "precision": 0.0, "recall": 0.0}
+    assert (result.map_50, result.map_50_95, result.per_class["cat"]["ap_50"]) == (0.0, 0.0, None)
+
+
 # -- the command, on a trained checkpoint, against S3 --------------------------------------------------------
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, sample_dataset: Path, trainer_python: Path) -> TrainedModel:
@@ -184,43 +199,58 @@ class Evaluated:
         return json.loads(self.storage.read_text(f"{self.request.output_uri}/{name}"))
 
 
+def publish_champion(trained: TrainedModel, bundle_uri: str, pointer_uri: str, *, storage: Storage) -> None:
+    """A published champion whose bundle's model.pth is the trained checkpoint (so it must score the same)."""
+    storage.upload_file(trained.checkpoint, f"{bundle_uri}/model.pth")
+    entry = FileEntry(sha256=sha256_file(trained.checkpoint), size=trained.checkpoint.stat().st_size)
+    BundleManifest(
+        published_at="2026-12-01T00:00:00+00:00",
+        code_version={"git": None},
+        run_id="champion-run",
+        model_name="yolo_nas_s",
+        class_names=trained.class_names,
+        input_size=trained.input_size,
+        dataset={},
+        base_weights={},
+        evaluation={},
+        training={},
+        compute={},
+        files={"model.pth": entry},
+    ).write(f"{bundle_uri}/manifest.json", storage=storage)
+    ChampionPointer(
+        model_name="yolo_nas_s",
+        run_id="champion-run",
+        bundle_uri=bundle_uri,
+        manifest_uri=f"{bundle_uri}/manifest.json",
+        metrics={},
+        promoted_at="2026-12-01T00:00:00+00:00",
+    ).write(pointer_uri, storage=storage)
+
+
 @pytest.fixture(scope="module")
 def evaluated(trained: TrainedModel, moto_s3: MotoS3, trainer_python: Path, tmp_path_factory) -> Evaluated:
     """One evaluate run with ONNX export, against a champion whose model is the same checkpoint."""
     storage = Storage(moto_s3.client)
     root = f"s3://{moto_s3.bucket}/evaluation-test-{uuid.uuid4().hex[:8]}"
     storage.upload_tree(trained.dataset_dir, f"{root}/dataset")
-    storage.upload_file(trained.checkpoint, f"{root}/train/ckpt_best.pth")
-    # A published champion: its bundle's model.pth is the same checkpoint, so its score must be the same.
-    champion_bundle = f"{root}/models/yolo_nas_s/champion-run"
-    storage.upload_file(trained.checkpoint, f"{champion_bundle}/model.pth")
-    model_entry = {"sha256": sha256_file(trained.checkpoint), "size": trained.checkpoint.stat().st_size}
-    storage.write_text(
-        f"{champion_bundle}/manifest.json",
-        json.dumps({"model_name": "yolo_nas_s", "input_size": trained.input_size, "files": {"model.pth": model_entry}}),
-    )
-    pointer_uri = champion_uri(f"{root}/models", "yolo_nas_s")
-    pointer = pointer_document(
-        model_name="yolo_nas_s",
-        run_id="champion-run",
-        bundle_uri=champion_bundle,
-        manifest_uri=f"{champion_bundle}/manifest.json",
-        metrics={"input_size": trained.input_size, "class_names": trained.class_names},
-        previous=None,
-    )
-    assert write_champion(pointer_uri, pointer, expected_version=None, storage=storage)
+    # The train stage's result, as if training had run against this bucket.
+    storage.upload_file(trained.checkpoint, f"{root}/train/run/ckpt_best.pth")
+    local_result = TrainResult.read(str(trained.result), storage=Storage())
+    TrainResult.parse(
+        {**local_result.to_xcom(), "best_checkpoint_uri": f"{root}/train/run/ckpt_best.pth"}, source="test"
+    ).write(f"{root}/train/result.json", storage=storage)
+    pointer_uri = f"{root}/models/yolo_nas_s/champion.json"
+    publish_champion(trained, f"{root}/models/yolo_nas_s/champion-run", pointer_uri, storage=storage)
 
     request = EvaluateRequest(
         dataset_uri=f"{root}/dataset",
-        checkpoint_uri=f"{root}/train/ckpt_best.pth",
+        train_result_uri=f"{root}/train/result.json",
         output_uri=f"{root}/evaluate",
-        num_classes=len(trained.class_names),
-        input_size=trained.input_size,
         batch_size=8,
         export_onnx=True,
         champion_uri=pointer_uri,
     )
-    argv = [str(trainer_python), *trainer_argv("evaluate", request)[1:]]
+    argv = [str(trainer_python), *trainer_argv(request)[1:]]
     env = trainer_env(tmp_path_factory.mktemp("evaluate-work"), s3_env(moto_s3))
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
@@ -228,6 +258,7 @@ def evaluated(trained: TrainedModel, moto_s3: MotoS3, trainer_python: Path, tmp_
 
 
 def test_metrics_json_is_complete(evaluated: Evaluated, trained: TrainedModel) -> None:
+    Metrics.read(f"{evaluated.request.output_uri}/metrics.json", storage=evaluated.storage)  # the contract's reader
     metrics = evaluated.json("metrics.json")
     for key in ("map_50", "map_50_95", "precision", "recall", "f1"):
         assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key
@@ -250,7 +281,9 @@ def test_metrics_json_is_complete(evaluated: Evaluated, trained: TrainedModel) -
     assert matrix.shape == (6, 6) and metrics["confusion_matrix"]["labels"][-1] == "background"
     # Every true box is somewhere in its row: matched to a class or missed.
     assert matrix[:5].sum() == sum(e["boxes"] for e in metrics["per_class"].values())
-    assert metrics["dataset_fingerprint"] and metrics["checkpoint_uri"] == evaluated.request.checkpoint_uri
+    assert metrics["dataset_fingerprint"]
+    assert metrics["checkpoint_uri"] == evaluated.request.train_result_uri.replace("result.json", "run/ckpt_best.pth")
+    assert (metrics["model_name"], metrics["input_size"]) == ("yolo_nas_s", trained.input_size)
 
 
 def test_plots_are_png_files_next_to_metrics(evaluated: Evaluated) -> None:
@@ -276,7 +309,7 @@ def test_map_agrees_with_cocoeval_on_the_models_own_predictions(evaluated: Evalu
 def test_champion_is_rescored_on_the_same_split(evaluated: Evaluated) -> None:
     metrics = evaluated.json("metrics.json")
     champion = metrics["champion"]
-    assert champion["run_id"] == "champion-run"
+    assert (champion["run_id"], champion["reason"]) == ("champion-run", None)
     assert champion["split"] == metrics["split"] and champion["dataset_fingerprint"] == metrics["dataset_fingerprint"]
     # The same checkpoint on the same images: the same numbers.
     assert champion["map_50_95"] == pytest.approx(metrics["map_50_95"], abs=1e-9)

@@ -81,10 +81,10 @@ EXPORT_SCRIPT = textwrap.dedent(
     from yolonas_pipeline.trainer import compat
     compat.apply()
     import torch
-    from yolonas_pipeline.trainer import evaluation, export
+    from yolonas_pipeline.trainer import export, sg
 
     checkpoint, image, out_dir, input_size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
-    model = evaluation.load_model("yolo_nas_s", 5, Path(checkpoint), device="cpu")
+    model = sg.load_trained("yolo_nas_s", 5, Path(checkpoint), device="cpu")
     # One epoch from scratch scores every box about alike; random class heads give distinct scores, so the
     # two NMS implementations have no ties to break differently and must agree box for box.
     generator = torch.Generator().manual_seed(0)

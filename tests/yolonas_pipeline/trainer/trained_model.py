@@ -22,6 +22,7 @@ CLASS_NAMES = ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
 class TrainedModel:
     dataset_dir: Path  # a materialized export (manifest.json, annotations/, images/)
     checkpoint: Path  # ckpt_best.pth written by the trainer command
+    result: Path  # the command's result.json (a TrainResult)
     input_size: int
     class_names: list[str]
 
@@ -47,7 +48,9 @@ def trained_model(base_temp: Path, sample_dataset: Path, trainer_python: Path) -
     done = root / "done.json"
     if done.is_file():
         info = json.loads(done.read_text())
-        return TrainedModel(Path(info["dataset_dir"]), Path(info["checkpoint"]), INPUT_SIZE, CLASS_NAMES)
+        return TrainedModel(
+            Path(info["dataset_dir"]), Path(info["checkpoint"]), Path(info["result"]), INPUT_SIZE, CLASS_NAMES
+        )
     result = materialize(
         MaterializeRequest(source=str(sample_dataset), output_uri=str(root / "datasets"), workers=1),
         storage=Storage(),
@@ -63,5 +66,6 @@ def trained_model(base_temp: Path, sample_dataset: Path, trainer_python: Path) -
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     checkpoint = output / "run" / "ckpt_best.pth"
     assert checkpoint.is_file(), sorted(p.name for p in (output / "run").iterdir())
-    done.write_text(json.dumps({"dataset_dir": result.dataset_uri, "checkpoint": str(checkpoint)}))
-    return TrainedModel(Path(result.dataset_uri), checkpoint, INPUT_SIZE, CLASS_NAMES)
+    info = {"dataset_dir": result.dataset_uri, "checkpoint": str(checkpoint), "result": str(output / "result.json")}
+    done.write_text(json.dumps(info))
+    return TrainedModel(Path(result.dataset_uri), checkpoint, output / "result.json", INPUT_SIZE, CLASS_NAMES)

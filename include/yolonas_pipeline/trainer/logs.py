@@ -1,0 +1,137 @@
+"""The trainer's logging: the stage modules' lines on stdout, and no credentials in any log file.
+
+Stage modules log through ``logging.getLogger(__name__)``; :func:`configure` gives the package logger one
+handler on the process's real stdout (super-gradients tees ``sys.stdout`` into its console log; the Airflow task
+log streams the process's stdout), so a line appears once, prefixed ``[yolonas]``.
+
+super-gradients logs everything at DEBUG into files under the run directory (``logs_*.txt``, ``console_*.txt``),
+which the trainer syncs to S3 with the run. At DEBUG, botocore logs every request's headers, including
+``Authorization: AWS4-HMAC-SHA256 Credential=<access key id>/...`` and the session token. So:
+
+- the HTTP and AWS libraries' loggers are capped at INFO/WARNING (:data:`LIBRARY_LEVELS`): the headers are never
+  logged at all;
+- every handler on the root logger, which is where super-gradients' file handlers live, gets a
+  :class:`RedactingFilter`, also each time super-gradients replaces them (:func:`protect_log_files`), so a secret
+  logged by anything else is masked before it reaches a file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+PACKAGE_LOGGER = "yolonas_pipeline"
+PREFIX = "[yolonas] "
+#: Loggers whose DEBUG output holds request headers (signatures, tokens) and bodies.
+LIBRARY_LEVELS = {
+    "botocore": logging.INFO,
+    "boto3": logging.INFO,
+    "s3transfer": logging.INFO,
+    "urllib3": logging.WARNING,
+}
+#: Environment variables whose values are secrets wherever they appear.
+SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+#: Shorter values are not masked literally (they would mask ordinary words); real AWS keys are 16+ characters.
+MIN_SECRET_LENGTH = 8
+REDACTED = "[REDACTED]"
+_VALUE = r"[^\s'\",&;]+"
+#: SigV4 material in headers and presigned URLs.
+_PATTERNS = (
+    # The Authorization header's value, up to the end of the quoted string or line.
+    (re.compile(r"AWS4-HMAC-SHA256\s+Credential=[^'\"\n]*"), "AWS4-HMAC-SHA256 " + REDACTED),
+    (re.compile(r"\b((?:X-Amz-)?Credential)=" + _VALUE, re.IGNORECASE), r"\1=" + REDACTED),
+    (re.compile(r"\b(?:X-Amz-)?Signature=" + _VALUE, re.IGNORECASE), "signature " + REDACTED),
+    (re.compile(r"(X-Amz-Security-Token['\"]?\s*[:=]\s*b?['\"]?)" + _VALUE, re.IGNORECASE), r"\1" + REDACTED),
+)
+
+
+def secrets_from_environment() -> list[str]:
+    return [v for name in SECRET_VARIABLES if len(v := os.environ.get(name, "")) >= MIN_SECRET_LENGTH]
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with signatures, credential scopes, security tokens and the given secret values masked."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record's message and traceback before a handler writes it (see :func:`redact`)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message, self.secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
+        return True
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = "" if record.levelno <= logging.INFO else f"{record.levelname}: "
+        return "\n".join(PREFIX + level + line for line in text.splitlines())
+
+
+def configure(level: int = logging.INFO) -> logging.Handler:
+    """Send the package's log lines to the real stdout, and cap the libraries that log credentials.
+
+    Idempotent: a second call replaces the handler of the first."""
+    for name, cap in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(cap)
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    for old in [h for h in logger.handlers if getattr(h, "_yolonas_console", False)]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.__stdout__ or sys.stdout)
+    handler.setFormatter(_Formatter())
+    handler.addFilter(RedactingFilter(secrets_from_environment()))
+    handler._yolonas_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    # One line per message: not again through super-gradients' root handlers (its console handler writes to
+    # the tee'd stderr).
+    logger.propagate = False
+    return handler
+
+
+def protect_root_handlers(filter_: RedactingFilter) -> None:
+    for handler in logging.getLogger().handlers:
+        if filter_ not in handler.filters:
+            handler.addFilter(filter_)
+
+
+def protect_log_files() -> RedactingFilter:
+    """Put a :class:`RedactingFilter` on the root logger's handlers now and whenever super-gradients sets them up
+    again (``AutoLoggerConfig._setup_logging`` replaces them with ``basicConfig(force=True)`` when training
+    starts). Imports super-gradients: call it after :func:`yolonas_pipeline.trainer.compat.apply`."""
+    from super_gradients.common.auto_logging.auto_logger import AutoLoggerConfig
+
+    redacting = RedactingFilter(secrets_from_environment())
+    protect_root_handlers(redacting)
+    original = AutoLoggerConfig._setup_logging
+    if not getattr(original, "_yolonas_redacting", False):
+
+        @functools.wraps(original)
+        def setup_logging(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            protect_root_handlers(redacting)
+
+        setup_logging._yolonas_redacting = True  # type: ignore[attr-defined]
+        AutoLoggerConfig._setup_logging = setup_logging
+    return redacting
