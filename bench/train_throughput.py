@@ -112,9 +112,10 @@ def _make_one(job: tuple[str, str, int, int, int]) -> tuple[int, str, int, int, 
 def make_dataset(root: Path, n_train: int, n_val: int, width: int, height: int) -> Path:
     """The baseline's synthetic images (random noise + rectangles, 640x480 by default); reused when present."""
     manifest_path = root / "manifest.json"
+    fingerprint = f"bench-{n_train}-{n_val}-{width}x{height}"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("bench") == [n_train, n_val, width, height]:
+        if manifest.get("fingerprint") == fingerprint:
             return root
     splits = {}
     for split, n in (("train", n_train), ("validation", n_val)):
@@ -145,8 +146,18 @@ def make_dataset(root: Path, n_train: int, n_val: int, width: int, height: int) 
             "images_dir": f"images/{split}",
             "annotation_file": f"annotations/{split}.json",
         }
-    manifest = {"format": "yolonas-pipeline/coco-detection@1", "class_names": CLASSES, "splits": splits}
-    manifest_path.write_text(json.dumps({**manifest, "bench": [n_train, n_val, width, height]}, indent=2))
+    from yolonas_pipeline.contracts import DatasetManifest
+
+    histogram = dict.fromkeys(CLASSES, 0)  # not needed by the loaders; the contract only requires the field
+    manifest = DatasetManifest(
+        fingerprint=fingerprint,
+        class_names=list(CLASSES),
+        splits=splits,
+        class_histogram=histogram,
+        source={"source": "bench/train_throughput.py synthetic images"},
+        files=n_train + n_val + len(splits),
+    )
+    manifest_path.write_text(manifest.to_json())
     return root
 
 

@@ -385,6 +385,8 @@ class TrainResult(Contract):
     device: str
     gpus: int = Field(ge=0)
     loader_workers: int = Field(ge=0)
+    #: Optimizer steps each process took per epoch (what the preflight plan predicts).
+    steps_per_epoch: int | None = Field(default=None, ge=0)
     seconds_this_attempt: float = Field(ge=0)
     #: The request the trainer ran (what was asked for, as the trainer parsed it).
     request: TrainRequest | None = None

@@ -37,7 +37,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -103,20 +102,6 @@ class MaterializeRequest:
     max_side: int | None = None
     streaming: bool = False
     workers: int | None = None  # processes converting images, this one included; default: the CPUs it may use
-
-
-def read_manifest(dataset_uri: str, *, storage: Storage) -> dict[str, Any]:
-    """Deprecated: use :meth:`DatasetManifest.read_export <yolonas_pipeline.contracts.DatasetManifest.read_export>`.
-
-    The manifest of a complete export as a plain dict (validated by the contract first), for the callers
-    that still index it; :class:`StageInputError` naming the URI when there is none or it is not valid.
-    """
-    warnings.warn(
-        "yolonas_pipeline.materialize.read_manifest is deprecated; use contracts.DatasetManifest.read_export",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return DatasetManifest.read_export(dataset_uri, storage=storage).to_xcom()
 
 
 # -- splits ------------------------------------------------------------------------------------------

@@ -258,6 +258,14 @@ def test_end_to_end_run_trains_evaluates_and_publishes(fresh_dag, moto_s3: MotoS
     assert {"map_50", "map_50_95", "precision", "recall", "per_class"} <= set(metrics)
     assert set(metrics["per_class"]) == {"Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"}
 
+    # what preflight planned is what the trainer did: steps per epoch and GPUs
+    from yolonas_pipeline.contracts import RunPlan, TrainResult
+
+    plan = RunPlan.parse(xcom(dag_run, "preflight"), source="the preflight XCom")
+    trained = TrainResult.parse(xcom(dag_run, "train"), source="the train XCom")
+    assert plan.training["steps_per_epoch"] == trained.steps_per_epoch
+    assert plan.resources["gpus"] == trained.gpus == 0
+
     manifest_key = next(k for k in keys if k.startswith("models/yolo_nas_s/") and k.endswith("/manifest.json"))
     storage = Storage(moto_s3.client)
     manifest = verify_bundle(f"s3://{moto_s3.bucket}/{manifest_key.rsplit('/', 1)[0]}", storage=storage)
@@ -270,6 +278,19 @@ def test_end_to_end_run_trains_evaluates_and_publishes(fresh_dag, moto_s3: MotoS
     champion = read_champion(f"s3://{moto_s3.bucket}/models/yolo_nas_s/champion.json", storage=storage)
     assert champion is not None, "the first published model becomes the champion"
     assert storage.exists(f"{champion.dataset_uri}/manifest.json")
+
+
+def xcom(dag_run: Any, task_id: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key="return_value")
+            .one()
+        )
+        return row.value if isinstance(row.value, dict) else json.loads(row.value)
 
 
 # -- input holes: each refused before any work, with a message naming the field ---------------------------------

@@ -205,16 +205,6 @@ def test_read_manifest_of_incomplete_export_names_the_uri(tmp_path: Path) -> Non
         read_manifest(str(tmp_path / "bad"))
 
 
-def test_deprecated_read_manifest_still_returns_the_manifest_as_a_dict(sample_dataset: Path, tmp_path: Path) -> None:
-    result = run(sample_dataset, tmp_path)
-    with pytest.warns(DeprecationWarning, match="read_export"):
-        manifest = materialize_module.read_manifest(result.dataset_uri, storage=Storage())
-    assert manifest == json.loads(Path(result.manifest_uri).read_text())
-    assert manifest["splits"]["train"]["images"] == result.splits["train"].images
-    with pytest.warns(DeprecationWarning), pytest.raises(StageInputError, match="incomplete"):
-        materialize_module.read_manifest(str(tmp_path / "nope"), storage=Storage())
-
-
 def test_manifest_of_an_earlier_export_still_reads(tmp_path: Path) -> None:
     """A manifest.json as the exporter wrote it before the contracts (keys unsorted, no defaults filled)."""
     earlier = {

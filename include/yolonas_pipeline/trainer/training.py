@@ -449,6 +449,7 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         gpus=world_size if torch.cuda.is_available() else 0,
         loader_workers=train_loader.num_workers,
+        steps_per_epoch=len(train_loader),
         seconds_this_attempt=round(time.monotonic() - started, 1),
         request=request,
     )
