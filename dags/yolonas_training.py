@@ -113,6 +113,7 @@ with DAG(
         train_result=train.output,
         metrics=evaluate.output,
         run_settings=run,
+        plan=plan,
         retries=2,
         retry_delay=timedelta(seconds=30),
     )

@@ -506,6 +506,13 @@ class FileEntry(Part):
     source: str | None = None
 
 
+class TrainingKey(Part):
+    """What a model was trained from, and its SHA-256: two runs with the same key train the same model."""
+
+    key: str = Field(pattern="^[0-9a-f]{64}$")
+    inputs: dict[str, Any]
+
+
 class BundleManifest(Contract):
     """``manifest.json`` of a published bundle: written last, the only sign that the bundle is complete."""
 
@@ -524,6 +531,8 @@ class BundleManifest(Contract):
     compute: dict[str, Any]
     files: dict[str, FileEntry]
     promotion: PromotionDecision | None = None
+    #: The training key (absent in bundles published before keys existed: those are never reused).
+    training_key: TrainingKey | None = None
 
     @classmethod
     def read_bundle(cls, bundle_uri: str, *, storage: Storage) -> BundleManifest:
@@ -606,6 +615,12 @@ class RunPlan(Contract):
     train: TrainerCommand
     evaluate: TrainerCommand
     summary: list[str]
+    #: The training key; when a verified bundle with it exists (and ``force`` is off), the run reuses it.
+    training_key: TrainingKey
+    #: The bundle this run reuses instead of training (None: it trains).
+    reused_bundle_uri: str | None = None
+    #: Why bundles with the same key were not reused, or that ``force`` was set.
+    reuse_notes: list[str] = Field(default_factory=list)
 
 
 # -- where things are ----------------------------------------------------------------------------------------

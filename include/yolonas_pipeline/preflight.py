@@ -77,8 +77,11 @@ def plan_run(
     backend: Backend,
     trigger: Mapping[str, Any] | None = None,
     local_gpus: int | None = None,
+    base_sha256: str | None = None,
+    trainer_environment: str = "",
 ) -> RunPlan:
-    """The plan of one run. ``backend``: the deployment's; ``local_gpus``: GPUs the local backend sees."""
+    """The plan of one run. ``backend``: the deployment's; ``local_gpus``: GPUs the local backend sees;
+    ``base_sha256`` and ``trainer_environment`` go into the training key (:func:`.train.training_key`)."""
     if backend == "kubernetes":
         gpus = settings.gpus
         where = f"the kubernetes backend, {gpus} GPU(s)" if gpus else "the kubernetes backend, a CPU pod"
@@ -153,6 +156,12 @@ def plan_run(
             "promotion_margin": settings.promotion_margin,
             "class_ap_tolerance": settings.class_ap_tolerance,
         },
+        training_key=train.training_key(
+            train_request,
+            dataset_fingerprint=dataset.fingerprint,
+            base_sha256=base_sha256,
+            environment=trainer_environment,
+        ),
         train=command(train_request, gpus=gpus, result_uri=train.result_uri(train_uri)),
         evaluate=command(evaluate_request, gpus=min(gpus, 1), result_uri=evaluate.metrics_uri(evaluate_uri)),
         summary=summary,

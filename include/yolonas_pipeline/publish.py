@@ -39,6 +39,7 @@ from yolonas_pipeline.contracts import (
     Metrics,
     PromotionDecision,
     PublishResult,
+    TrainingKey,
     TrainResult,
     bundle_uri,
     safe_segment,
@@ -234,6 +235,7 @@ def publish_run(
     run_id: str,
     storage: Storage,
     promotion: bool = True,
+    training_key: TrainingKey | None = None,
 ) -> PublishResult:
     """Publish one DAG run (the results of materialize, inspect_checkpoint, train and evaluate) and gate it.
 
@@ -276,7 +278,9 @@ def publish_run(
         "class_names": list(train_result.class_names or metrics.class_names),
         "input_size": train_result.input_size,
         "dataset": dataset_identity(dataset, storage=storage),
-        "base_weights": base_weights(class_plan, storage=storage),
+        "base_weights": base_weights(
+            class_plan, storage=storage, sha256=training_key.inputs.get("base_weights_sha256") if training_key else None
+        ),
         "evaluation": {
             "split": metrics.split,
             "images": metrics.images,
@@ -295,6 +299,7 @@ def publish_run(
             "gpus": train_result.gpus,
         },
         "compute": compute_usage(train_result, metrics),
+        "training_key": training_key.model_dump(mode="json") if training_key else None,
     }
     gate = None
     if promotion:
@@ -333,12 +338,13 @@ def dataset_identity(dataset: DatasetExport, *, storage: Storage) -> dict[str, A
     }
 
 
-def base_weights(class_plan: ClassPlan, *, storage: Storage) -> dict[str, Any]:
-    """The checkpoint training started from, with its SHA-256 (computed here when the user gave none)."""
+def base_weights(class_plan: ClassPlan, *, storage: Storage, sha256: str | None = None) -> dict[str, Any]:
+    """The checkpoint training started from, with its SHA-256 (``sha256`` when preflight computed it, the
+    verified one, or computed here)."""
     uri = class_plan.checkpoint_uri
     if not uri:
         return {"uri": None, "sha256": None, "num_classes": None, "licence_note": "trained from scratch"}
-    digest = class_plan.checkpoint.sha256 if class_plan.checkpoint else None
+    digest = sha256 or (class_plan.checkpoint.sha256 if class_plan.checkpoint else None)
     if not digest:
         with tempfile.TemporaryDirectory(prefix="yolonas-base-") as tmp:
             local = Path(tmp) / "base.pth"

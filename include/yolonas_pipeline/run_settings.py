@@ -192,6 +192,15 @@ class TrainingSettings(DatasetFields):
             "Materialize and inspect, report what a full run would do, then stop before training.",
         ),
     )
+    force: bool = Field(
+        default=False,
+        json_schema_extra=_form(
+            "Train even if already trained",
+            "Run",
+            "Off: when a published, verified bundle was trained from the same inputs (dataset, base weights, "
+            "training settings, trainer environment, code), the run reuses it and asks for no GPU.",
+        ),
+    )
     checkpoint_uri: Uri | None = Field(
         default=None,
         json_schema_extra=_form(

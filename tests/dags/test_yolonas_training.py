@@ -238,13 +238,18 @@ def test_a_failed_run_logs_one_line_with_its_s3_location(
     assert line.endswith(f"; artifacts s3://{moto_s3.bucket}/runs/{safe_segment(dag_run.run_id)}/")
 
 
-def test_end_to_end_run_trains_evaluates_and_publishes(fresh_dag, moto_s3: MotoS3, sample_dataset: Path) -> None:
+@pytest.fixture(scope="module")
+def trained_run(airflow_db: Path, moto_s3: MotoS3, sample_dataset: Path) -> Any:
+    """One real run end to end (real super-gradients training on the CPU), shared by the tests that need one."""
+    conf = {"dataset_source": str(sample_dataset), **SMALL_RUN}
+    return parse().get_dag(DAG_ID).test(run_conf=conf)
+
+
+def test_end_to_end_run_trains_evaluates_and_publishes(trained_run: Any, moto_s3: MotoS3) -> None:
     from yolonas_pipeline.publish import verify_bundle
     from yolonas_pipeline.storage import Storage
 
-    dag = fresh_dag
-    conf = {"dataset_source": str(sample_dataset), **SMALL_RUN}
-    dag_run = dag.test(run_conf=conf)
+    dag_run = trained_run
     states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
     assert dag_run.state == "success", states
     assert set(states.values()) == {"success"}
@@ -353,3 +358,62 @@ def test_a_permanent_input_error_fails_its_task_without_retrying(
     assert materialize.state == "failed" and materialize.try_number == 1, (materialize.state, materialize.try_number)
     line = next(line for line in failure_lines(caplog) if "task materialize" in line)
     assert "(try 1 of 3)" in line and str(missing) in line, line
+
+
+# -- never train the same model twice ---------------------------------------------------------------------------
+def bundle_of(dag_run: Any) -> str:
+    return str(xcom(dag_run, "publish")["bundle_uri"])
+
+
+def test_a_run_with_the_same_inputs_reuses_the_bundle_and_trains_nothing(
+    trained_run: Any, moto_s3: MotoS3, sample_dataset: Path
+) -> None:
+    from yolonas_pipeline.contracts import RunPlan, safe_segment
+
+    dag_run = parse().get_dag(DAG_ID).test(run_conf={"dataset_source": str(sample_dataset), **SMALL_RUN})
+    states = task_states(dag_run)
+    assert dag_run.state == "success", states
+    assert states["preflight"] == "success"
+    assert states["train"] == states["evaluate"] == states["publish"] == "skipped", states
+    plan = RunPlan.parse(xcom(dag_run, "preflight"), source="preflight XCom")
+    assert plan.reused_bundle_uri == bundle_of(trained_run)
+    assert any(line.startswith(f"preflight: REUSE {plan.reused_bundle_uri}") for line in plan.summary)
+    keys = [o["Key"] for o in moto_s3.client.list_objects_v2(Bucket=moto_s3.bucket)["Contents"]]
+    assert not any(k.startswith(f"runs/{safe_segment(dag_run.run_id)}/train/") for k in keys), "no trainer ran"
+
+
+@pytest.mark.parametrize("change", [{"epochs": 2}, {"learning_rate": 1e-3}, {"input_size": 96}, {"batch_size": 4}])
+def test_any_changed_input_trains(trained_run: Any, sample_dataset: Path, change: dict[str, Any]) -> None:
+    from yolonas_pipeline.contracts import RunPlan
+
+    conf = {"dataset_source": str(sample_dataset), **SMALL_RUN, **change, "preflight": True}
+    plan = RunPlan.parse(xcom(parse().get_dag(DAG_ID).test(run_conf=conf), "preflight"), source="preflight XCom")
+    assert plan.reused_bundle_uri is None
+
+
+def test_force_trains_anyway(trained_run: Any, sample_dataset: Path) -> None:
+    from yolonas_pipeline.contracts import RunPlan
+
+    conf = {"dataset_source": str(sample_dataset), **SMALL_RUN, "preflight": True, "force": True}
+    plan = RunPlan.parse(xcom(parse().get_dag(DAG_ID).test(run_conf=conf), "preflight"), source="preflight XCom")
+    assert plan.reused_bundle_uri is None and "force is set" in plan.reuse_notes[0]
+
+
+def test_a_tampered_bundle_is_never_reused_and_the_plan_says_why(
+    trained_run: Any, moto_s3: MotoS3, sample_dataset: Path
+) -> None:
+    from yolonas_pipeline.contracts import RunPlan
+    from yolonas_pipeline.storage import Storage
+
+    storage = Storage(moto_s3.client)
+    bundle = bundle_of(trained_run)
+    original = storage.read_bytes(f"{bundle}/metrics.json")
+    storage.write_bytes(f"{bundle}/metrics.json", original + b" ")
+    try:
+        conf = {"dataset_source": str(sample_dataset), **SMALL_RUN, "preflight": True}
+        plan = RunPlan.parse(xcom(parse().get_dag(DAG_ID).test(run_conf=conf), "preflight"), source="preflight")
+    finally:
+        storage.write_bytes(f"{bundle}/metrics.json", original)
+    assert plan.reused_bundle_uri is None
+    [note] = plan.reuse_notes
+    assert note.startswith(f"{bundle} was trained with the same inputs but fails verification") and "sha256" in note

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from yolonas_pipeline import settings
-from yolonas_pipeline.contracts import ClassPlan, DatasetExport, Metrics, TrainResult
+from yolonas_pipeline.contracts import ClassPlan, DatasetExport, Metrics, RunPlan, TrainResult
 from yolonas_pipeline.operators._aws import storage_for
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
 from yolonas_pipeline.publish import LICENCE_NOTE, publish_run
@@ -34,11 +34,13 @@ class PublishModelOperator(BaseOperator):
     :param metrics: the evaluation stage's result. (templated)
     :param run_settings: the run's resolved :class:`~yolonas_pipeline.run_settings.TrainingSettings`
         (bucket, prefix, promotion margin, per-class AP tolerance). (templated)
+    :param plan: the preflight task's :class:`~yolonas_pipeline.contracts.RunPlan`; its training key goes into
+        the manifest, so a later run with the same inputs reuses this bundle. (templated)
     :param gate: run the promotion gate at all (False: publish only).
     :param aws_conn_id: Airflow connection for S3.
     """
 
-    template_fields: Sequence[str] = ("dataset", "class_plan", "train_result", "metrics", "run_settings")
+    template_fields: Sequence[str] = ("dataset", "class_plan", "train_result", "metrics", "run_settings", "plan")
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class PublishModelOperator(BaseOperator):
         train_result: Mapping[str, Any],
         metrics: Mapping[str, Any],
         run_settings: Mapping[str, Any],
+        plan: Mapping[str, Any] | None = None,
         gate: bool = True,
         aws_conn_id: str | None = None,
         **kwargs: Any,
@@ -58,6 +61,7 @@ class PublishModelOperator(BaseOperator):
         self.train_result = train_result
         self.metrics = metrics
         self.run_settings = run_settings
+        self.plan = plan
         self.gate = gate
         self.aws_conn_id = aws_conn_id or settings.load().aws_conn_id
 
@@ -72,6 +76,9 @@ class PublishModelOperator(BaseOperator):
                 run_id=context["run_id"],
                 storage=storage_for(self.aws_conn_id),
                 promotion=self.gate,
+                training_key=RunPlan.parse(self.plan, source="the preflight task's plan").training_key
+                if self.plan
+                else None,
             )
         self.log.info(
             "published %s; %s (champion pointer: %s)",

@@ -10,11 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from yolonas_pipeline import settings as deployment
+from yolonas_pipeline import train
 from yolonas_pipeline.contracts import ClassPlan, DatasetExport, RunPlan
 from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.operators._aws import storage_for
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
 from yolonas_pipeline.preflight import Backend, plan_run
 from yolonas_pipeline.run_settings import DatasetFields, RunSettings, Settings, TrainingSettings, event_conf, resolve
+from yolonas_pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +71,25 @@ def preflight(
     """Plan the run, log the plan, and push each trainer command's parts for the train and evaluate tasks."""
     with input_errors_fail_without_retry():
         config = deployment.load()
+        backend = backend or config.backend  # type: ignore[assignment]  # trainer_task checked it at parse time
+        settings = TrainingSettings.parse_resolved(run_settings)
+        plan_of_classes = ClassPlan.parse(class_plan, source="the inspect_checkpoint task's result")
+        storage = storage_for(config.aws_conn_id)
+        environment = train.trainer_environment()
+        if backend == "kubernetes":
+            environment += f"; image {config.trainer_image}"
         plan = plan_run(
-            TrainingSettings.parse_resolved(run_settings),
+            settings,
             DatasetExport.parse(dataset, source="the materialize task's result"),
-            ClassPlan.parse(class_plan, source="the inspect_checkpoint task's result"),
+            plan_of_classes,
             run_id=str(context["run_id"]),
             runs_uri=config.runs_uri,
-            backend=backend or config.backend,  # type: ignore[arg-type]  # checked by settings.load users
+            backend=backend,  # type: ignore[arg-type]
             trigger=trigger_of(context),
+            base_sha256=train.base_weights_sha256(plan_of_classes, storage=storage),
+            trainer_environment=environment,
         )
+        plan = with_reuse_decision(plan, settings, storage=storage)
     for line in plan.summary:
         log.info("%s", line)
     ti = context["ti"]
@@ -86,15 +99,37 @@ def preflight(
     return plan
 
 
+def with_reuse_decision(plan: RunPlan, settings: TrainingSettings, *, storage: Storage) -> RunPlan:
+    """The plan, reusing a verified bundle trained from the same inputs unless ``force`` is set."""
+    if settings.force:
+        notes = ["force is set: training even if a bundle was trained from the same inputs"]
+        return plan.model_copy(update={"reuse_notes": notes, "summary": [*plan.summary, f"preflight: {notes[0]}"]})
+    manifest, bundle, notes = train.find_reusable_bundle(
+        settings.models_uri, settings.model_name, plan.training_key, storage=storage
+    )
+    lines = [f"preflight: not reused: {note}; training anyway" for note in notes]
+    if manifest is not None:
+        evaluation = manifest.evaluation
+        lines.append(
+            f"preflight: REUSE {bundle} (run {manifest.run_id}, mAP@0.50:0.95 {evaluation.get('map_50_95')}): it was "
+            f"trained from the same inputs (training key {plan.training_key.key[:12]}...); train, evaluate and "
+            "publish are skipped (set force to train anyway)"
+        )
+    update: dict[str, Any] = {"reused_bundle_uri": bundle or None, "reuse_notes": notes}
+    update["summary"] = [*plan.summary, *lines]
+    return plan.model_copy(update=update)
+
+
 def preflight_gate(
     run_settings: Mapping[str, Any],
     dataset: Mapping[str, Any],
     class_plan: Mapping[str, Any],
     context: Mapping[str, Any],
 ) -> dict[str, Any] | bool:
-    """The ``preflight`` short circuit's condition: the plan (go on) or False (a preflight run stops here)."""
+    """The ``preflight`` short circuit's condition: the plan (go on) or False (a preflight run, or a run that
+    reuses a bundle trained from the same inputs, stops here)."""
     plan = preflight(run_settings, dataset, class_plan, context)
-    if plan.preflight:
+    if plan.preflight or plan.reused_bundle_uri:
         # A short circuit that stops pushes no return value; push the plan so the UI and API show it.
         context["ti"].xcom_push(key="return_value", value=plan.to_xcom())
         return False
