@@ -858,3 +858,48 @@ def test_write_falls_back_when_sendfile_is_refused(
     assert calls, "passthrough images from a mapped file should try sendfile first"
     for path in Path(reference.dataset_uri, "images").rglob("*.jpg"):
         assert path.read_bytes() == Path(result.dataset_uri, path.relative_to(reference.dataset_uri)).read_bytes()
+
+
+# -- paths never go to the hub ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["./nowhere", "nowhere/", "a/b/c", "/abs/nowhere", "../up", "data\\x", ".hidden"])
+def test_a_path_like_source_is_never_sent_to_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    def no_hub(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"{name!r} was sent to the hub")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(materialize_sources, "_open_hub", no_hub)
+    assert materialize_sources.looks_local(name)
+    with pytest.raises(StageInputError, match="does not exist"):
+        run(name, tmp_path / "out")
+
+
+def test_an_existing_relative_name_is_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _train_only(tmp_path / "owner" / "name", 4)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(materialize_sources, "_open_hub", None)
+    assert run("owner/name", tmp_path / "out").splits["train"].images >= 1
+    assert not materialize_sources.looks_local("owner/other")  # a hub name when nothing is there
+
+
+def test_offline_hub_name_not_in_the_cache_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import datasets
+    import datasets.config
+    import huggingface_hub.constants
+
+    def no_load(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("load_dataset should not be tried offline for a dataset that is not cached")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(datasets, "load_dataset", no_load)
+    started = time.monotonic()
+    with pytest.raises(StageInputError, match=r"'someone/missing': HF_HUB_OFFLINE is set .* not in the local"):
+        run("someone/missing", tmp_path / "out")
+    assert time.monotonic() - started < 5
