@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -253,10 +254,12 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
             split_plan["map"],
             seeded if split_plan["seeded_validation"] else "",
         )
+        staging_uri = _prepare_staging(root, fingerprint, dataset_uri, storage)
         tmpdir = Path(tempfile.mkdtemp(prefix="yolonas-materialize-"))
+        done = False
         try:
             exporter = Exporter(
-                schema, dataset_uri, storage, tmpdir, source.splits, max_side=request.max_side, workers=request.workers
+                schema, staging_uri, storage, tmpdir, source.splits, max_side=request.max_side, workers=request.workers
             )
             ok = False
             try:
@@ -271,14 +274,77 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                 split_plan,
                 exporter,
                 fingerprint,
+                staging_uri,
                 dataset_uri,
                 storage,
                 {"open_s": opened - started, "fingerprint_s": fingerprinted - opened},
                 started,
             )
+            manifest = _move_into_place(staging_uri, dataset_uri, manifest, storage)
+            done = True
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+            if not done:
+                _discard(staging_uri, storage)
         return DatasetExport.from_manifest(dataset_uri, manifest, reused=False)
+
+
+# -- the final location holds complete exports only ----------------------------------------------------
+#: Local exports are written to ``<root>/.incomplete-<fingerprint>-<pid>-<random>/`` and renamed into place.
+STAGING_PREFIX = ".incomplete-"
+
+
+def _prepare_staging(root: str, fingerprint: str, dataset_uri: str, storage: Storage) -> str:
+    """Where this run writes, and the leftovers of earlier runs of the same fingerprint removed.
+
+    Local: a fresh hidden folder beside the final one, renamed into place once complete (one ``rename``:
+    the final folder appears whole or not at all). S3 has no rename, and a server-side copy of every image
+    would double the requests and the time, so an S3 export is written in place, its manifest last: readers
+    trust only an export with a manifest (:meth:`DatasetManifest.read_export`), a failed run deletes what
+    it wrote, and a run killed outright leaves files that the next run of the same fingerprint deletes first.
+    """
+    if is_s3_uri(root):
+        if storage.list_files(dataset_uri):  # no manifest (checked by the caller): a killed run's leftovers
+            log.warning("materialize: removing the incomplete export at %s (no manifest) before writing", dataset_uri)
+            storage.delete_tree(dataset_uri)
+        return dataset_uri
+    os.makedirs(root, exist_ok=True)
+    for stale in Path(root).glob(f"{STAGING_PREFIX}{fingerprint}-*"):
+        log.warning("materialize: removing %s, left by a run that did not finish", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    if os.path.lexists(dataset_uri):  # no manifest: written in place by an earlier version and never finished
+        log.warning("materialize: removing the incomplete export at %s (no manifest) before writing", dataset_uri)
+        shutil.rmtree(dataset_uri, ignore_errors=True)
+    return os.path.join(root, f"{STAGING_PREFIX}{fingerprint}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _move_into_place(
+    staging_uri: str, dataset_uri: str, manifest: DatasetManifest, storage: Storage
+) -> DatasetManifest:
+    """Rename a complete local export to its final folder (S3: already there)."""
+    if staging_uri == dataset_uri:
+        return manifest
+    try:
+        os.rename(staging_uri, dataset_uri)
+    except OSError:
+        # another run of the same fingerprint finished first: its export is the same, keep it
+        if not storage.exists(join_uri(dataset_uri, DATASET_MANIFEST_FILE)):
+            raise
+        shutil.rmtree(staging_uri, ignore_errors=True)
+        return DatasetManifest.read_export(dataset_uri, storage=storage)
+    return manifest
+
+
+def _discard(staging_uri: str, storage: Storage) -> None:
+    """After a failure: nothing of this run stays (locally its staging folder; on S3 what it wrote)."""
+    try:
+        if is_s3_uri(staging_uri):
+            if not storage.exists(join_uri(staging_uri, DATASET_MANIFEST_FILE)):
+                storage.delete_tree(staging_uri)
+        else:
+            shutil.rmtree(staging_uri, ignore_errors=True)
+    except Exception as exc:  # the original error matters more; the next run cleans up
+        log.warning("materialize: could not remove the incomplete export at %s: %s", staging_uri, exc)
 
 
 def _finish(
@@ -288,12 +354,14 @@ def _finish(
     split_plan: dict[str, Any],
     exporter: Exporter,
     fingerprint: str,
-    dataset_uri: str,
+    write_uri: str,
+    final_uri: str,
     storage: Storage,
     timings: dict[str, float],
     started: float,
 ) -> DatasetManifest:
-    """Check the export is usable, upload the COCO files, write the report, and the manifest last."""
+    """Check the export is usable, upload the COCO files, write the report, and the manifest last, all under
+    ``write_uri`` (the staging folder of a local export; ``final_uri`` is where it will be)."""
     class_names = list(schema.class_names)
     writers = exporter.writers
     train = writers["train"]
@@ -322,7 +390,7 @@ def _finish(
         local = exporter.tmpdir / f"{name}.json"
         writer.assemble(local, class_names, fingerprint)
         annotation_file = f"annotations/{name}.json"
-        storage.upload_file(local, join_uri(dataset_uri, annotation_file))
+        storage.upload_file(local, join_uri(write_uri, annotation_file))
         local.unlink()
         splits[name] = SplitFiles(
             images=writer.images,
@@ -352,7 +420,7 @@ def _finish(
             "rows_per_s": round(rows / total_s, 1) if total_s > 0 else None,
         },
     }
-    storage.write_text(join_uri(dataset_uri, DATASET_REPORT_FILE), json.dumps(report, indent=2) + "\n")
+    storage.write_text(join_uri(write_uri, DATASET_REPORT_FILE), json.dumps(report, indent=2) + "\n")
     manifest = DatasetManifest(
         fingerprint=fingerprint,
         class_names=class_names,
@@ -363,7 +431,7 @@ def _finish(
         files=images + len(splits) + 1,  # images, annotation files, report
     )
     # last: the manifest is what makes the export visible as complete
-    manifest.write(join_uri(dataset_uri, DATASET_MANIFEST_FILE), storage=storage)
+    manifest.write(join_uri(write_uri, DATASET_MANIFEST_FILE), storage=storage)
     drops_text = ", ".join(f"{k} {v}" for k, v in sorted(drops_total.items())) or "none"
     passthrough = sum(w.passthrough for w in writers.values())
     log.info(
@@ -377,6 +445,6 @@ def _finish(
         f"{rows / max(total_s, 1e-9):,.0f}",
         ", ".join(f"{n} {s.images}/{s.annotations}" for n, s in splits.items()),
         drops_text,
-        dataset_uri,
+        final_uri,
     )
     return manifest

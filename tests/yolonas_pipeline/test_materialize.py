@@ -740,8 +740,11 @@ def test_killed_run_leaves_nothing_complete_and_rerun_is_byte_identical(tmp_path
     assert not list(out.rglob("manifest.json"))
     with pytest.raises(StageInputError, match="incomplete"):
         read_manifest(str(next(out.iterdir())))
+    (staging,) = out.iterdir()  # the killed run wrote beside the final folder, not in it
+    assert staging.name.startswith(".incomplete-") and not Path(out, staging.name.split("-")[1]).exists()
     rerun = run(sample_dataset, out)
     assert not rerun.reused
+    assert [p.name for p in out.iterdir()] == [rerun.fingerprint]  # the leftovers are gone
     clean = run(sample_dataset, tmp_path / "clean")
     assert rerun.fingerprint == clean.fingerprint
     for split in ("train", "validation"):
@@ -903,3 +906,68 @@ def test_offline_hub_name_not_in_the_cache_fails_at_once(tmp_path: Path, monkeyp
     with pytest.raises(StageInputError, match=r"'someone/missing': HF_HUB_OFFLINE is set .* not in the local"):
         run("someone/missing", tmp_path / "out")
     assert time.monotonic() - started < 5
+
+
+# -- the final location holds complete exports only ---------------------------------------------------
+
+
+def _fail_after_some_writes(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    written = [0]
+    write_file = materialize_writer.write_file
+
+    def write_then_fail(path: str, *args: Any) -> None:
+        write_file(path, *args)
+        written[0] += 1
+        if written[0] == count:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(materialize_writer, "write_file", write_then_fail)
+
+
+def test_a_failed_local_run_leaves_nothing_behind(
+    tmp_path: Path, sample_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fail_after_some_writes(monkeypatch, 5)
+    with pytest.raises(OSError, match="disk full"):
+        run(sample_dataset, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    # a failure after every image was written (here: an unusable validation split) leaves nothing either
+    good = objects_rows([jpeg(64, 48)] * 2, [[[1, 1, 10, 10]]] * 2, [[0], [1]])
+    junk = objects_rows([b"junk"], [[[1, 1, 5, 5]]], [[0]])
+    source = save_splits(tmp_path / "src", {"train": good, "validation": junk}, objects_features())
+    with pytest.raises(StageInputError, match="no usable images"):
+        run(source, tmp_path / "out2")
+    assert list((tmp_path / "out2").iterdir()) == []
+
+
+def test_an_incomplete_folder_at_the_final_location_is_replaced(tmp_path: Path, sample_dataset: Path) -> None:
+    """What an earlier version left when it was killed: images in place, no manifest."""
+    fingerprint = run(sample_dataset, tmp_path / "probe").fingerprint
+    stale = tmp_path / "out" / fingerprint / "images" / "train"
+    stale.mkdir(parents=True)
+    (stale / "99999999.jpg").write_bytes(b"half")
+    result = run(sample_dataset, tmp_path / "out")
+    assert not result.reused and not (stale / "99999999.jpg").exists()
+    assert read_manifest(result.dataset_uri).fingerprint == fingerprint
+
+
+def test_s3_failed_run_cleans_up_and_a_killed_runs_leftovers_go_first(
+    moto_s3: Any, tmp_path: Path, sample_dataset: Path
+) -> None:
+    bucket = moto_s3.new_bucket()
+    storage = Storage(moto_s3.client)
+    good = objects_rows([jpeg(64, 48)] * 2, [[[1, 1, 10, 10]]] * 2, [[0], [1]])
+    junk = objects_rows([b"junk"], [[[1, 1, 5, 5]]], [[0]])
+    source = save_splits(tmp_path / "src", {"train": good, "validation": junk}, objects_features())
+    with pytest.raises(StageInputError, match="no usable images"):
+        materialize(MaterializeRequest(str(source), f"s3://{bucket}/exports", workers=0), storage=storage)
+    assert storage.list_files(f"s3://{bucket}/exports") == []
+    # a run killed outright leaves files but no manifest: not an export, and removed by the next run
+    fingerprint = run(sample_dataset, tmp_path / "probe").fingerprint
+    leftover = f"s3://{bucket}/exports/{fingerprint}/images/train/99999999.jpg"
+    storage.write_bytes(leftover, b"half")
+    with pytest.raises(StageInputError, match="incomplete"):
+        read_manifest(f"s3://{bucket}/exports/{fingerprint}", storage)
+    result = materialize(MaterializeRequest(str(sample_dataset), f"s3://{bucket}/exports", workers=0), storage=storage)
+    assert not result.reused and not storage.exists(leftover)
+    assert len(storage.list_files(result.dataset_uri)) == read_manifest(result.dataset_uri, storage).files + 1
