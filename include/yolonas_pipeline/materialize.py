@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = DatasetManifest.FORMAT
 #: Bump when the bytes written for the same input change; it is part of the fingerprint.
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2  # 2: images whose every box was dropped are dropped; declared sizes and EXIF frames
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,9 @@ class MaterializeRequest:
     max_side: int | None = None
     streaming: bool = False
     workers: int | None = None  # processes converting images, this one included; default: the CPUs it may use
+    #: An image whose every box was dropped (negative size, NaN, unknown class...) is dropped and counted
+    #: (``all_boxes_dropped``); True keeps it as a background image. Images with no boxes in the source are kept.
+    keep_emptied_images: bool = False
 
 
 # -- splits ------------------------------------------------------------------------------------------
@@ -200,6 +203,8 @@ def _check_request(request: MaterializeRequest) -> None:
         raise StageInputError(f"validation_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
     if request.max_side is not None and (not isinstance(request.max_side, int) or request.max_side < 32):
         raise StageInputError(f"max_side must be an integer of at least 32 pixels or None, got {request.max_side!r}")
+    if not isinstance(request.keep_emptied_images, bool):
+        raise StageInputError(f"keep_emptied_images must be true or false, got {request.keep_emptied_images!r}")
     if request.workers is not None and (not isinstance(request.workers, int) or request.workers < 0):
         raise StageInputError(f"workers must be a non-negative integer or None, got {request.workers!r}")
 
@@ -231,6 +236,7 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                 "schema": schema_dict,
                 "splits": split_plan,
                 "max_side": request.max_side,
+                "keep_emptied_images": request.keep_emptied_images,
             }
         )
         root = request.output_uri if is_s3_uri(request.output_uri) else os.path.abspath(request.output_uri)
@@ -259,7 +265,14 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
         done = False
         try:
             exporter = Exporter(
-                schema, staging_uri, storage, tmpdir, source.splits, max_side=request.max_side, workers=request.workers
+                schema,
+                staging_uri,
+                storage,
+                tmpdir,
+                source.splits,
+                max_side=request.max_side,
+                workers=request.workers,
+                keep_emptied_images=request.keep_emptied_images,
             )
             ok = False
             try:
@@ -410,6 +423,7 @@ def _finish(
         "schema": schema_dict,
         "split_plan": split_plan,
         "max_side": request.max_side,
+        "keep_emptied_images": request.keep_emptied_images,
         "splits": {name: writer.report() for name, writer in writers.items()},
         "drops_total": dict(sorted(drops_total.items())),
         "class_histogram": histogram,

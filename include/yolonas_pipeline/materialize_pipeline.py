@@ -130,8 +130,10 @@ class Exporter:
         *,
         max_side: int | None,
         workers: int | None,
+        keep_emptied_images: bool = False,
     ) -> None:
         self.sources = sources
+        self.keep_emptied_images = keep_emptied_images
         self.schema = schema
         self.dataset_uri = dataset_uri
         self.tmpdir = tmpdir
@@ -286,6 +288,12 @@ class Exporter:
             name_to_index=self.name_to_index,
             stats=writer.stats,
         )
+        if not boxes and not self.keep_emptied_images and (row.bboxes or row.categories):
+            # the source says there are objects here, none usable: as a background image it would teach the
+            # model that they are not objects
+            writer.stats.drops["all_boxes_dropped"] += 1
+            row.data = None
+            return
         width, height = row.plan.output_size
         file_name = writer.add(width, height, boxes, row.source_id)
         self.writes.submit(f"{self._images_prefix}/{writer.name}/{file_name}", data, ref)

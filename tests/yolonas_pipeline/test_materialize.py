@@ -513,15 +513,26 @@ def test_every_kind_of_bad_row_is_dropped_and_counted(tmp_path: Path) -> None:
         "outside_image": 1,
         "degenerate_box": 1,
         "missing_category": 1,
+        "all_boxes_dropped": 6,  # images that show objects, none usable: not background images
     }
-    assert train["images"] == len(rows) - 3
+    assert train["images"] == 3  # the fine one, the partly outside one, the one without boxes
     assert train["annotations"] == 2
     assert train["boxes_clipped"] == 1
-    assert train["images_without_boxes"] == 7  # every kept image whose boxes were all dropped, plus the empty one
+    assert train["images_without_boxes"] == 1  # only the one that had no boxes in the source
     ann = coco(result.dataset_uri, "train")
     assert [a["bbox"] for a in ann["annotations"]] == [[10.0, 10.0, 20.0, 20.0], [90.0, 70.0, 10.0, 10.0]]
     assert len(ann["images"]) == train["images"]
     assert result.splits["train"].model_dump() == {"images": train["images"], "annotations": 2}
+    assert len(list(Path(result.dataset_uri, "images", "train").iterdir())) == 3
+    # configurable: keep them as background images instead
+    kept = run(
+        source, tmp_path / "kept", schema={"preset": "top_level", "class_names": NAMES}, keep_emptied_images=True
+    )
+    assert kept.fingerprint != result.fingerprint
+    train = report(kept.dataset_uri)["splits"]["train"]
+    assert (train["images"], train["images_without_boxes"]) == (len(rows) - 3, 7)
+    assert "all_boxes_dropped" not in train["drops"]
+    assert report(kept.dataset_uri)["keep_emptied_images"] is True
 
 
 def test_no_usable_training_data_is_an_error_and_leaves_no_manifest(tmp_path: Path) -> None:
