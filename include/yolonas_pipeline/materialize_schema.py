@@ -12,7 +12,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import zip_longest
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from yolonas_pipeline.errors import StageInputError
 
@@ -50,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 AUTO_PRESETS = ("cppe5", "objects_categories", "top_level")
 #: Keys only about interpreting values; a mapping may override them on top of auto-detection.
-_VALUE_KEYS = ("bbox_format", "normalized", "class_names")
+_VALUE_KEYS = ("bbox_format", "normalized", "class_names", "width_column", "height_column")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class SchemaConfig:
     normalized: bool = False  # True = coordinates in 0..1
     class_names: tuple[str, ...] | None = None  # required when categories are plain ints
     image_id_column: str | None = "image_id"
+    #: Top-level columns declaring each image's size; compared with the decoded image when present (None: ignored).
+    width_column: str | None = "width"
+    height_column: str | None = "height"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +117,7 @@ class SchemaConfig:
             raise StageInputError(
                 f"unknown schema keys {sorted(unknown)}; accepted: preset, {', '.join(sorted(settable))}"
             )
+        check_schema_mapping(value)
         overrides = {k: v for k, v in value.items() if k != "preset"}
         if "preset" in value:
             base = cls.preset(str(value["preset"]))
@@ -130,6 +136,75 @@ class SchemaConfig:
         data = asdict(self)
         data["class_names"] = list(self.class_names) if self.class_names is not None else None
         return data
+
+
+# -- the mapping form, for the Python API and the trigger form alike ----------------------------------------
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class SchemaMapping(BaseModel):
+    """The keys a schema mapping may set, and their types: what :meth:`SchemaConfig.from_mapping` accepts and
+    what the trigger form's ``schema`` field validates against (:func:`schema_form_json_schema`). Only the
+    keys given are checked and applied; the others keep the preset's (or the default layout's) value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    preset: Literal[("auto", *PRESETS)] | None = Field(  # type: ignore[valid-type]
+        default=None, description="Start from this preset; the other keys override it."
+    )
+    image_column: _Name = Field(default="", description="Column with the image (HF Image, bytes or path).")
+    objects_column: _Name | None = Field(
+        default=None, description="Column holding the boxes and categories; null: they are top-level columns."
+    )
+    bbox_key: _Name = Field(default="", description="Key (or column) of the boxes.")
+    category_key: _Name = Field(default="", description="Key (or column) of the categories.")
+    bbox_format: Literal[BBOX_FORMATS] | None = Field(default=None, description="What the four numbers are.")  # type: ignore[valid-type]
+    normalized: bool | None = Field(default=None, description="True: coordinates are fractions (0..1) of the image.")
+    class_names: Annotated[list[_Name], Field(min_length=1, max_length=10000)] | None = Field(
+        default=None, description="Class names, index i = category i (needed for plain-integer categories)."
+    )
+    image_id_column: _Name | None = Field(default=None, description="Column copied to COCO source_id; null: none.")
+    width_column: _Name | None = Field(default=None, description="Column declaring the image width; null: none.")
+    height_column: _Name | None = Field(default=None, description="Column declaring the image height; null: none.")
+
+
+def check_schema_mapping(value: Mapping[str, Any]) -> None:
+    """Refuse a schema mapping whose keys or value types :class:`SchemaMapping` does not accept."""
+    data = {k: list(v) if k == "class_names" and isinstance(v, tuple) else v for k, v in value.items()}
+    try:
+        SchemaMapping.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'schema'}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise StageInputError(
+            f"schema mapping refused: {problems}. Accepted keys: {', '.join(SchemaMapping.model_fields)}; "
+            f'e.g. {{"preset": "objects_categories", "bbox_format": "xyxy"}} or {{"objects_column": null, '
+            f'"class_names": ["cat", "dog"]}}'
+        ) from None
+
+
+def schema_form_json_schema() -> dict[str, Any]:
+    """JSON schema of a ``schema`` value: null (detect), a preset name, or a mapping (:class:`SchemaMapping`).
+
+    Self-contained (no ``$ref``), so that Airflow's ``Param`` validates with it as it is; ``type`` lists
+    ``object`` first after null, so that the trigger form shows a JSON editor (a preset is typed ``"cppe5"``
+    or ``{"preset": "cppe5"}``).
+    """
+    mapping = SchemaMapping.model_json_schema()
+    mapping.pop("title", None)
+    mapping.pop("description", None)
+    for prop in mapping["properties"].values():
+        prop.pop("default", None)  # unset keys keep the preset's value; the defaults here are placeholders
+    return {
+        "type": ["null", "object", "string"],
+        "anyOf": [
+            {"type": "null"},
+            {"type": "string", "enum": ["auto", *PRESETS]},
+            mapping,
+        ],
+    }
 
 
 @dataclass(frozen=True)
