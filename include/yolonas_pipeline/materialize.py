@@ -54,7 +54,7 @@ from yolonas_pipeline.contracts import (
     SplitFiles,
 )
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.materialize_images import JPEG_QUALITY
+from yolonas_pipeline.materialize_images import EXIF_STORED_FRAME_POLICIES, JPEG_QUALITY
 from yolonas_pipeline.materialize_pipeline import Exporter, Pass
 from yolonas_pipeline.materialize_schema import PRESETS, ResolvedSchema, SchemaConfig, resolve_schema
 from yolonas_pipeline.materialize_sources import (
@@ -106,6 +106,10 @@ class MaterializeRequest:
     #: An image whose every box was dropped (negative size, NaN, unknown class...) is dropped and counted
     #: (``all_boxes_dropped``); True keeps it as a background image. Images with no boxes in the source are kept.
     keep_emptied_images: bool = False
+    #: When a row's declared width/height (schema width_column/height_column) match the stored frame of an image
+    #: that EXIF turns by 90 degrees, its boxes refer to the stored pixels: "rotate" turns them with the pixels
+    #: (counted: boxes_rotated_with_exif), "drop" leaves the row out (boxes_in_stored_exif_frame), "error" stops.
+    exif_stored_frame: str = "rotate"
 
 
 # -- splits ------------------------------------------------------------------------------------------
@@ -203,6 +207,11 @@ def _check_request(request: MaterializeRequest) -> None:
         raise StageInputError(f"validation_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
     if request.max_side is not None and (not isinstance(request.max_side, int) or request.max_side < 32):
         raise StageInputError(f"max_side must be an integer of at least 32 pixels or None, got {request.max_side!r}")
+    if request.exif_stored_frame not in EXIF_STORED_FRAME_POLICIES:
+        raise StageInputError(
+            f"exif_stored_frame must be one of {', '.join(EXIF_STORED_FRAME_POLICIES)}, got "
+            f"{request.exif_stored_frame!r}"
+        )
     if not isinstance(request.keep_emptied_images, bool):
         raise StageInputError(f"keep_emptied_images must be true or false, got {request.keep_emptied_images!r}")
     if request.workers is not None and (not isinstance(request.workers, int) or request.workers < 0):
@@ -237,6 +246,7 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                 "splits": split_plan,
                 "max_side": request.max_side,
                 "keep_emptied_images": request.keep_emptied_images,
+                "exif_stored_frame": request.exif_stored_frame,
             }
         )
         root = request.output_uri if is_s3_uri(request.output_uri) else os.path.abspath(request.output_uri)
@@ -273,6 +283,7 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                 max_side=request.max_side,
                 workers=request.workers,
                 keep_emptied_images=request.keep_emptied_images,
+                exif_stored_frame=request.exif_stored_frame,
             )
             ok = False
             try:
@@ -379,8 +390,10 @@ def _finish(
     writers = exporter.writers
     train = writers["train"]
     drops_total: Counter[str] = Counter()
+    corrections_total: Counter[str] = Counter()
     for writer in writers.values():
         drops_total.update(writer.stats.drops)
+        corrections_total.update(writer.stats.corrections)
     if train.images == 0 or train.annotations == 0:
         raise StageInputError(
             f"{source.description} gave no usable training data: {train.rows} train rows, {train.images} images, "
@@ -424,8 +437,10 @@ def _finish(
         "split_plan": split_plan,
         "max_side": request.max_side,
         "keep_emptied_images": request.keep_emptied_images,
+        "exif_stored_frame": request.exif_stored_frame,
         "splits": {name: writer.report() for name, writer in writers.items()},
         "drops_total": dict(sorted(drops_total.items())),
+        "corrections_total": dict(sorted(corrections_total.items())),
         "class_histogram": histogram,
         "timings": {
             **{k: round(v, 3) for k, v in timings.items()},

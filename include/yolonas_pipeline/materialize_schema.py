@@ -217,6 +217,7 @@ class ResolvedSchema:
     objects_kind: str | None  # "struct" (struct of lists) | "list" (list of structs) | None (top-level columns)
     category_is_str: bool
     has_image_id: bool
+    size_columns: tuple[str, str] | None = None  # (width, height) columns declaring each image's size
 
     @property
     def columns(self) -> list[str]:
@@ -226,6 +227,8 @@ class ResolvedSchema:
         cols += [cfg.objects_column] if cfg.objects_column else [cfg.bbox_key, cfg.category_key]
         if self.has_image_id and cfg.image_id_column:
             cols.append(cfg.image_id_column)
+        if self.size_columns is not None:
+            cols += [c for c in self.size_columns if c not in cols]
         return cols
 
 
@@ -429,7 +432,40 @@ def resolve_schema(
     if not class_names:
         raise StageInputError(f"{where} declares no class names; set schema class_names")
     has_image_id = bool(cfg.image_id_column) and cfg.image_id_column in names
-    return ResolvedSchema(cfg, tuple(class_names), image_kind, objects_kind, category_is_str, has_image_id)
+    size_columns = _size_columns(cfg, arrow_schema, where)
+    return ResolvedSchema(
+        cfg, tuple(class_names), image_kind, objects_kind, category_is_str, has_image_id, size_columns
+    )
+
+
+def _size_columns(cfg: SchemaConfig, arrow_schema: Any, where: str) -> tuple[str, str] | None:
+    """The declared-size columns, when both are numeric top-level columns. The default names are used when
+    present; names set in the schema must exist."""
+    import pyarrow as pa
+
+    if cfg.width_column is None or cfg.height_column is None:
+        return None
+    defaults = SchemaConfig()
+    explicit = (cfg.width_column, cfg.height_column) != (defaults.width_column, defaults.height_column)
+    found: list[str] = []
+    for key, column in (("width_column", cfg.width_column), ("height_column", cfg.height_column)):
+        if column not in arrow_schema.names:
+            if explicit:
+                raise StageInputError(
+                    f"schema {key}={column!r}: {where} has no such column (columns: {list(arrow_schema.names)}); "
+                    f"name the column that declares each image's size, or set {key} to null"
+                )
+            return None
+        kind = arrow_schema.field(column).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            if explicit:
+                raise StageInputError(
+                    f"schema {key}={column!r}: the column holds {kind} in {where}, not numbers; set {key} to the "
+                    "column with each image's size in pixels, or to null"
+                )
+            return None
+        found.append(column)
+    return found[0], found[1]
 
 
 # -- boxes ---------------------------------------------------------------------------------------
@@ -441,6 +477,7 @@ class BoxStats:
 
     drops: Counter[str] = field(default_factory=Counter)
     clipped: int = 0
+    corrections: Counter[str] = field(default_factory=Counter)  # rows read differently than they say, by reason
 
 
 def convert_boxes(
@@ -454,11 +491,14 @@ def convert_boxes(
     num_classes: int,
     name_to_index: Mapping[str, int] | None,
     stats: BoxStats,
+    stored_orientation: int = 1,
 ) -> list[tuple[int, float, float, float, float]]:
     """Boxes as ``(class_index, x, y, w, h)`` in output pixels, clipped to the image; bad boxes are counted.
 
-    ``source_size`` is the (oriented) size the source coordinates refer to, ``output_size`` the size of the
-    written JPEG (differs when downscaled).
+    ``source_size`` is the (oriented, displayed) size of the image, ``output_size`` the size of the written
+    JPEG (differs when downscaled). The coordinates refer to the displayed frame, unless
+    ``stored_orientation`` is an EXIF orientation other than 1: then they refer to the stored pixels, and are
+    turned with them.
     """
     out: list[tuple[int, float, float, float, float]] = []
     if not bboxes and not categories:
@@ -469,6 +509,11 @@ def convert_boxes(
     sy = out_h / src_h
     if normalized:
         sx, sy = float(out_w), float(out_h)
+    turn = stored_orientation != 1
+    if turn:  # stored frame: (w, h) before the orientation; boxes to stored pixels, turned, then scaled
+        stored_w, stored_h = (src_h, src_w) if stored_orientation in (5, 6, 7, 8) else (src_w, src_h)
+        px, py = (float(stored_w), float(stored_h)) if normalized else (1.0, 1.0)
+        sx, sy = out_w / src_w, out_h / src_h
     drops = stats.drops
     for bbox, category in zip_longest(bboxes or (), categories or ()):
         if bbox is None or len(bbox) != 4:
@@ -505,6 +550,8 @@ def convert_boxes(
         if x2 <= x1 or y2 <= y1:
             drops["degenerate_box"] += 1
             continue
+        if turn:
+            x1, y1, x2, y2 = turn_box(x1 * px, y1 * py, x2 * px, y2 * py, stored_orientation, stored_w, stored_h)
         x1, x2, y1, y2 = x1 * sx, x2 * sx, y1 * sy, y2 * sy
         # clip, then snap to hundredths of a pixel: precision to spare, and stable text in the JSON
         ix1 = round(min(max(x1, 0.0), out_w) * 100)
@@ -520,3 +567,25 @@ def convert_boxes(
             stats.clipped += 1
         out.append((index, ix1 / 100, iy1 / 100, (ix2 - ix1) / 100, (iy2 - iy1) / 100))
     return out
+
+
+def turn_box(
+    x1: float, y1: float, x2: float, y2: float, orientation: int, width: float, height: float
+) -> tuple[float, float, float, float]:
+    """A corner box on the stored pixels (``width`` x ``height``) moved as EXIF ``orientation`` moves the
+    pixels (what ``ImageOps.exif_transpose`` does), as a corner box in the displayed frame."""
+    if orientation == 2:
+        return width - x2, y1, width - x1, y2
+    if orientation == 3:
+        return width - x2, height - y2, width - x1, height - y1
+    if orientation == 4:
+        return x1, height - y2, x2, height - y1
+    if orientation == 5:
+        return y1, x1, y2, x2
+    if orientation == 6:
+        return height - y2, x1, height - y1, x2
+    if orientation == 7:
+        return height - y2, width - x2, height - y1, width - x1
+    if orientation == 8:
+        return y1, width - x2, y2, width - x1
+    return x1, y1, x2, y2

@@ -982,3 +982,94 @@ def test_s3_failed_run_cleans_up_and_a_killed_runs_leftovers_go_first(
     result = materialize(MaterializeRequest(str(sample_dataset), f"s3://{bucket}/exports", workers=0), storage=storage)
     assert not result.reused and not storage.exists(leftover)
     assert len(storage.list_files(result.dataset_uri)) == read_manifest(result.dataset_uri, storage).files + 1
+
+
+# -- declared sizes and EXIF frames ----------------------------------------------------------------------
+
+
+def _sized_features() -> Any:
+    from datasets import Value
+
+    features = objects_features()
+    features["width"] = Value("int64")
+    features["height"] = Value("int64")
+    return features
+
+
+def _rotated_stored_jpeg() -> bytes:
+    """Stored 60x40 with a red 10x10 square at the stored top-left; EXIF 6 shows it 40x60, square top-right."""
+    stored = Image.new("RGB", (60, 40), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded(stored, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def _sized_dataset(path: Path, image: bytes, size: tuple[int, int], box: list[float]) -> Path:
+    cols = objects_rows([image, jpeg(40, 60)], [[box], [[1, 1, 5, 5]]], [[0], [1]])
+    cols["width"] = [size[0], 40]
+    cols["height"] = [size[1], 60]
+    return save_splits(path, {"train": cols, "validation": cols}, _sized_features())
+
+
+def test_boxes_on_the_stored_frame_of_an_exif_rotated_image_turn_with_the_pixels(tmp_path: Path) -> None:
+    source = _sized_dataset(tmp_path / "src", _rotated_stored_jpeg(), (60, 40), [0, 0, 10, 10])  # the square
+    result = run(source, tmp_path / "out")
+    ann = coco(result.dataset_uri, "train")
+    assert (ann["images"][0]["width"], ann["images"][0]["height"]) == (40, 60)
+    assert ann["annotations"][0]["bbox"] == [30.0, 0.0, 10.0, 10.0]  # where the square is once displayed
+    written = np.asarray(
+        Image.open(Path(result.dataset_uri, "images", "train", ann["images"][0]["file_name"])).convert("RGB")
+    )
+    assert written[5, 35, 0] > 200 and written[5, 35, 2] < 80  # red inside the turned box
+    assert written[5, 5, 2] > 200  # blue outside it
+    counted = report(result.dataset_uri)
+    assert counted["splits"]["train"]["corrections"] == {"boxes_rotated_with_exif": 1}
+    assert counted["corrections_total"] == {"boxes_rotated_with_exif": 2}
+    # the same rows, their sizes declared in the displayed frame: the boxes are already there
+    displayed = _sized_dataset(tmp_path / "src2", _rotated_stored_jpeg(), (40, 60), [30, 0, 10, 10])
+    again = run(displayed, tmp_path / "out")
+    assert coco(again.dataset_uri, "train")["annotations"][0]["bbox"] == [30.0, 0.0, 10.0, 10.0]
+    assert report(again.dataset_uri)["corrections_total"] == {}
+
+
+def test_stored_frame_rows_can_be_dropped_or_refused(tmp_path: Path) -> None:
+    source = _sized_dataset(tmp_path / "src", _rotated_stored_jpeg(), (60, 40), [0, 0, 10, 10])
+    dropped = run(source, tmp_path / "out", exif_stored_frame="drop")
+    train = report(dropped.dataset_uri)["splits"]["train"]
+    assert train["drops"] == {"boxes_in_stored_exif_frame": 1, "boxes_on_dropped_images": 1}
+    assert train["images"] == 1
+    with pytest.raises(StageInputError, match=r"row 0 of split 'train': its declared size width/height = 60x40"):
+        run(source, tmp_path / "out2", exif_stored_frame="error")
+    assert list((tmp_path / "out2").iterdir()) == []
+    with pytest.raises(StageInputError, match="exif_stored_frame must be one of rotate, drop, error"):
+        run(source, tmp_path / "out3", exif_stored_frame="ignore")
+
+
+def test_a_declared_size_that_disagrees_with_the_image_is_counted(tmp_path: Path) -> None:
+    source = _sized_dataset(tmp_path / "src", jpeg(60, 40), (100, 100), [1, 1, 10, 10])
+    result = run(source, tmp_path / "out")
+    ann = coco(result.dataset_uri, "train")
+    assert (ann["images"][0]["width"], ann["images"][0]["height"]) == (60, 40)  # the decoded size wins
+    assert report(result.dataset_uri)["splits"]["train"]["corrections"] == {"declared_size_mismatch": 1}
+    # ignored when told to, and names that do not exist are refused
+    quiet = run(source, tmp_path / "out2", schema={"width_column": None, "height_column": None})
+    assert report(quiet.dataset_uri)["corrections_total"] == {}
+    with pytest.raises(StageInputError, match=r"schema width_column='w'.*no such column"):
+        run(source, tmp_path / "out3", schema={"width_column": "w", "height_column": "h"})
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_turn_box_moves_a_box_as_exif_transpose_moves_the_pixels(orientation: int) -> None:
+    from PIL import ImageOps
+
+    from yolonas_pipeline.materialize_schema import turn_box
+
+    stored = Image.new("L", (60, 40), 0)
+    stored.paste(255, (5, 10, 25, 30))  # x 5..25, y 10..30
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(encoded(stored, "PNG", exif=exif.tobytes()))))
+    assert shown is not None
+    left, top, right, bottom = shown.getbbox() or (0, 0, 0, 0)
+    assert turn_box(5, 10, 25, 30, orientation, 60, 40) == (left, top, right, bottom)
