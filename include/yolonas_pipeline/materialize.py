@@ -54,6 +54,7 @@ from yolonas_pipeline.contracts import (
     SplitFiles,
 )
 from yolonas_pipeline.errors import StageInputError
+from yolonas_pipeline.materialize_checks import check_boxes
 from yolonas_pipeline.materialize_images import EXIF_STORED_FRAME_POLICIES, JPEG_QUALITY
 from yolonas_pipeline.materialize_pipeline import Exporter, Pass
 from yolonas_pipeline.materialize_schema import PRESETS, ResolvedSchema, SchemaConfig, resolve_schema
@@ -110,6 +111,9 @@ class MaterializeRequest:
     #: that EXIF turns by 90 degrees, its boxes refer to the stored pixels: "rotate" turns them with the pixels
     #: (counted: boxes_rotated_with_exif), "drop" leaves the row out (boxes_in_stored_exif_frame), "error" stops.
     exif_stored_frame: str = "rotate"
+    #: Check the box reading (bbox_format, normalized) on the first rows of train before exporting, and refuse
+    #: one that does not fit (see :mod:`~yolonas_pipeline.materialize_checks`); False exports as configured.
+    check_boxes: bool = True
 
 
 # -- splits ------------------------------------------------------------------------------------------
@@ -212,6 +216,8 @@ def _check_request(request: MaterializeRequest) -> None:
             f"exif_stored_frame must be one of {', '.join(EXIF_STORED_FRAME_POLICIES)}, got "
             f"{request.exif_stored_frame!r}"
         )
+    if not isinstance(request.check_boxes, bool):
+        raise StageInputError(f"check_boxes must be true or false, got {request.check_boxes!r}")
     if not isinstance(request.keep_emptied_images, bool):
         raise StageInputError(f"keep_emptied_images must be true or false, got {request.keep_emptied_images!r}")
     if request.workers is not None and (not isinstance(request.workers, int) or request.workers < 0):
@@ -260,6 +266,10 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                     fingerprint,
                 )
                 return DatasetExport.from_manifest(dataset_uri, existing, reused=True)
+        first = source.splits[passes[0].source_split]
+        box_checks: dict[str, Any] | None = None
+        if request.check_boxes:
+            box_checks = check_boxes(schema, first, f"split {first.name!r} of {source.description}")
         seeded = f", validation = seeded {request.validation_fraction:.0%} of train"
         log.info(
             "materialize: %s -> %s (schema %s, %d classes, splits %s%s)",
@@ -303,6 +313,7 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                 storage,
                 {"open_s": opened - started, "fingerprint_s": fingerprinted - opened},
                 started,
+                box_checks,
             )
             manifest = _move_into_place(staging_uri, dataset_uri, manifest, storage)
             done = True
@@ -383,6 +394,7 @@ def _finish(
     storage: Storage,
     timings: dict[str, float],
     started: float,
+    box_checks: dict[str, Any] | None = None,
 ) -> DatasetManifest:
     """Check the export is usable, upload the COCO files, write the report, and the manifest last, all under
     ``write_uri`` (the staging folder of a local export; ``final_uri`` is where it will be)."""
@@ -441,6 +453,7 @@ def _finish(
         "splits": {name: writer.report() for name, writer in writers.items()},
         "drops_total": dict(sorted(drops_total.items())),
         "corrections_total": dict(sorted(corrections_total.items())),
+        "box_checks": box_checks,
         "class_histogram": histogram,
         "timings": {
             **{k: round(v, 3) for k, v in timings.items()},

@@ -178,6 +178,8 @@ def test_cppe5_export_layout_passthrough_and_manifest(
     assert result.report_uri == str(Path(result.dataset_uri, "report.json"))
     assert DatasetExport.parse(json.loads(json.dumps(result.to_xcom())), source="xcom") == result
     assert any(line.startswith("materialize: done") for line in messages(caplog))
+    written = report(result.dataset_uri)  # the width/height columns were read, and agree with the images
+    assert written["corrections_total"] == {} and written["box_checks"]["sampled_boxes"] > 0
 
 
 def test_second_run_reuses_and_writes_nothing(
@@ -1073,3 +1075,64 @@ def test_turn_box_moves_a_box_as_exif_transpose_moves_the_pixels(orientation: in
     assert shown is not None
     left, top, right, bottom = shown.getbbox() or (0, 0, 0, 0)
     assert turn_box(5, 10, 25, 30, orientation, 60, 40) == (left, top, right, bottom)
+
+
+# -- plausibility of the box reading ------------------------------------------------------------------
+
+
+def _corner_boxes_dataset(path: Path) -> Path:
+    """objects.categories (the xywh preset's layout) holding corner (xyxy) boxes on 100x80 images, one of them
+    with a negative size, which read as xywh would become a valid box."""
+    boxes = [
+        [[50, 40, 90, 75]],
+        [[60, 10, 95, 50]],
+        [[10, 10, 30, 30], [40, 30, 80, 70]],
+        [[40, 60, 10, 20]],  # negative size as xyxy
+        [[55, 5, 85, 35]],
+    ]
+    images = [jpeg(100, 80, (i * 40, 90, 90)) for i in range(len(boxes))]
+    cols = objects_rows(images, boxes, [[i % 3 for i in range(len(b))] for b in boxes], key="categories")
+    return save_splits(path, {"train": cols, "validation": cols}, objects_features("categories"))
+
+
+def test_corner_boxes_under_an_xywh_preset_are_refused_naming_both_readings(tmp_path: Path) -> None:
+    source = _corner_boxes_dataset(tmp_path / "src")
+    with pytest.raises(StageInputError) as error:
+        run(source, tmp_path / "out")  # auto-detects objects_categories, an xywh preset
+    message = str(error.value)
+    for expected in (
+        "bbox_format 'xywh'",
+        "read as 'xyxy'",
+        "schema 'objects_categories'",
+        '{"preset": "objects_categories", "bbox_format": "xyxy"}',
+        "row 0: [50, 40, 90, 75] on a 100x80 image",
+        "6 boxes sampled from the first 5 rows of split 'train'",
+    ):
+        assert expected in message, expected
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    # the key it names: the export reads the boxes right, and the negative-size box is dropped with its image
+    result = run(source, tmp_path / "out", schema={"preset": "objects_categories", "bbox_format": "xyxy"})
+    ann = coco(result.dataset_uri, "train")
+    assert ann["annotations"][0]["bbox"] == [50.0, 40.0, 40.0, 35.0]
+    train = report(result.dataset_uri)["splits"]["train"]
+    assert train["drops"] == {"degenerate_box": 1, "all_boxes_dropped": 1}
+    checks = report(result.dataset_uri)["box_checks"]
+    assert checks["bbox_format"] == "xyxy" and checks["sampled_boxes"] == 6
+    assert checks["readings"]["xyxy"]["negative_size"] == 1 and checks["readings"]["xywh"]["outside_image"] == 4
+    # and the check can be turned off, for a dataset the user knows better
+    forced = run(source, tmp_path / "forced", check_boxes=False)
+    assert report(forced.dataset_uri)["box_checks"] is None
+
+
+def test_normalized_with_pixel_coordinates_is_refused(tmp_path: Path) -> None:
+    source = _one_box_dataset(tmp_path / "src", "top_level", AS_FORMAT[("xywh", False)])
+    with pytest.raises(StageInputError, match=r"normalized=true .* coordinates above 1, e\.g\. row 0: \[10, 20, 30"):
+        run(source, tmp_path / "out", schema={"preset": "top_level", "normalized": True})
+    with pytest.raises(StageInputError, match="Set the schema key normalized to false"):
+        run(source, tmp_path / "out", schema={"preset": "top_level", "normalized": True})
+
+
+def test_fractions_read_as_pixels_are_refused(tmp_path: Path) -> None:
+    source = _one_box_dataset(tmp_path / "src", "top_level", AS_FORMAT[("xywh", True)])
+    with pytest.raises(StageInputError, match=r"every coordinate .* lies in 0\.\.1.*normalized to true"):
+        run(source, tmp_path / "out", schema="top_level")
