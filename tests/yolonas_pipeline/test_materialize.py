@@ -1136,3 +1136,29 @@ def test_fractions_read_as_pixels_are_refused(tmp_path: Path) -> None:
     source = _one_box_dataset(tmp_path / "src", "top_level", AS_FORMAT[("xywh", True)])
     with pytest.raises(StageInputError, match=r"every coordinate .* lies in 0\.\.1.*normalized to true"):
         run(source, tmp_path / "out", schema="top_level")
+
+
+def test_a_mapping_from_the_trigger_form_reads_a_layout_no_preset_matches(tmp_path: Path) -> None:
+    """Plain-integer categories in top-level boxes/labels columns: only a mapping can describe them."""
+    from datasets import Features, Sequence, Value
+    from datasets import Image as ImageFeature
+
+    from yolonas_pipeline.run_settings import TrainingSettings, form_params
+
+    features = Features(
+        {
+            "image": ImageFeature(),
+            "boxes": Sequence(Sequence(Value("float32"), length=4)),
+            "labels": Sequence(Value("int64")),
+        }
+    )
+    cols = {"image": [image_value(jpeg(100, 80))] * 2, "boxes": [[[10, 20, 30, 40]]] * 2, "labels": [[1], [0]]}
+    source = save_splits(tmp_path / "src", {"train": cols, "validation": cols}, features)
+    with pytest.raises(StageInputError, match="set the schema key class_names"):
+        run(source, tmp_path / "out", schema={"objects_column": None, "bbox_key": "boxes", "category_key": "labels"})
+    value = {"objects_column": None, "bbox_key": "boxes", "category_key": "labels", "class_names": ["cat", "dog"]}
+    form = form_params(TrainingSettings, TrainingSettings.validated({}, origin="test"))
+    settings = TrainingSettings.validated({"schema": form["schema"].resolve(value)}, origin="the form")
+    result = run(source, tmp_path / "out", schema=settings.schema_)
+    assert result.class_names == ["cat", "dog"] and result.class_histogram == {"cat": 2, "dog": 2}  # both splits
+    assert [a["bbox"] for a in coco(result.dataset_uri, "train")["annotations"]] == [EXPECTED, EXPECTED]
