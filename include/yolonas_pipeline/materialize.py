@@ -4,9 +4,17 @@ The export lands under ``<output_uri>/<fingerprint>/`` (local folder or ``s3://`
 
     images/<split>/<id>.jpg       stored JPEG bytes, unchanged where possible
     annotations/<split>.json      COCO: images, annotations (xywh px), categories 1..N in class-name order
-    report.json                   counts per split, drops per reason, timings
+    report.json                   counts per split, drops and corrections per reason, box checks, timings
     manifest.json                 written last: the completion marker the next stages look for
                                   (a :class:`~yolonas_pipeline.contracts.DatasetManifest`)
+
+The final folder holds complete exports only: a local export is written to a hidden staging folder beside it
+(``.incomplete-<fingerprint>-...``) and renamed into place once its manifest is written; an S3 export (no
+rename there) is written in place, manifest last, deleted if the run fails, and a killed run's leftovers are
+deleted by the next run of the same fingerprint before it writes.
+
+Before anything is written, the box reading (preset or mapping) is checked on the first rows of train
+(:mod:`~yolonas_pipeline.materialize_checks`); a reading that does not fit the numbers is refused.
 
 The fingerprint hashes the source content (or hub commit) and every setting that changes the output, so a
 second run with the same inputs finds the manifest and does nothing. Rows stream through in bounded
@@ -18,6 +26,7 @@ export, and write the report and the manifest. The parts, one job each:
 
 * :mod:`~yolonas_pipeline.materialize_sources`: opening hub datasets, ``save_to_disk`` folders, files;
 * :mod:`~yolonas_pipeline.materialize_schema`: which columns hold what, and box conversion;
+* :mod:`~yolonas_pipeline.materialize_checks`: whether the chosen box reading fits the data;
 * :mod:`~yolonas_pipeline.materialize_rows`: reading rows out of Arrow batches without copying images;
 * :mod:`~yolonas_pipeline.materialize_images` and :mod:`~yolonas_pipeline.materialize_pool`: image
   inspection and conversion, in worker processes;
