@@ -45,6 +45,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -354,12 +355,33 @@ def _prepare_staging(root: str, fingerprint: str, dataset_uri: str, storage: Sto
         return dataset_uri
     os.makedirs(root, exist_ok=True)
     for stale in Path(root).glob(f"{STAGING_PREFIX}{fingerprint}-*"):
+        if _still_running(stale):  # a concurrent run of the same export: let it finish (one of the two renames wins)
+            continue
         log.warning("materialize: removing %s, left by a run that did not finish", stale)
         shutil.rmtree(stale, ignore_errors=True)
     if os.path.lexists(dataset_uri):  # no manifest: written in place by an earlier version and never finished
         log.warning("materialize: removing the incomplete export at %s (no manifest) before writing", dataset_uri)
         shutil.rmtree(dataset_uri, ignore_errors=True)
-    return os.path.join(root, f"{STAGING_PREFIX}{fingerprint}-{os.getpid()}-{secrets.token_hex(4)}")
+    staging = os.path.join(root, f"{STAGING_PREFIX}{fingerprint}-{os.getpid()}-{secrets.token_hex(4)}")
+    os.makedirs(staging)
+    Path(staging, _OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return staging
+
+
+#: Inside a staging folder: "<host> <pid>" of the run writing it (not part of the export: removed before the rename).
+_OWNER_FILE = ".owner"
+
+
+def _still_running(staging: Path) -> bool:
+    """Whether the run that owns ``staging`` is alive on this host (a run elsewhere, or unknown: no)."""
+    try:
+        host, pid = (staging / _OWNER_FILE).read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return int(pid) != os.getpid()
 
 
 def _move_into_place(
@@ -368,6 +390,7 @@ def _move_into_place(
     """Rename a complete local export to its final folder (S3: already there)."""
     if staging_uri == dataset_uri:
         return manifest
+    Path(staging_uri, _OWNER_FILE).unlink(missing_ok=True)
     try:
         os.rename(staging_uri, dataset_uri)
     except OSError:

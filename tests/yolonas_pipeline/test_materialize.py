@@ -1162,3 +1162,22 @@ def test_a_mapping_from_the_trigger_form_reads_a_layout_no_preset_matches(tmp_pa
     result = run(source, tmp_path / "out", schema=settings.schema_)
     assert result.class_names == ["cat", "dog"] and result.class_histogram == {"cat": 2, "dog": 2}  # both splits
     assert [a["bbox"] for a in coco(result.dataset_uri, "train")["annotations"]] == [EXPECTED, EXPECTED]
+
+
+def test_a_live_runs_staging_folder_is_left_alone(tmp_path: Path, sample_dataset: Path) -> None:
+    import socket
+
+    fingerprint = run(sample_dataset, tmp_path / "probe").fingerprint
+    out = tmp_path / "out"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        live, dead = out / f".incomplete-{fingerprint}-live-0", out / f".incomplete-{fingerprint}-dead-0"
+        for folder, pid in ((live, sleeper.pid), (dead, 2**22 + 1)):
+            folder.mkdir(parents=True)
+            (folder / ".owner").write_text(f"{socket.gethostname()} {pid}\n")
+        result = run(sample_dataset, out)
+        assert live.exists() and not dead.exists()  # a concurrent run of the same export may still finish
+        assert not Path(result.dataset_uri, ".owner").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
