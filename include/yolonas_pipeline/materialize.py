@@ -4,9 +4,17 @@ The export lands under ``<output_uri>/<fingerprint>/`` (local folder or ``s3://`
 
     images/<split>/<id>.jpg       stored JPEG bytes, unchanged where possible
     annotations/<split>.json      COCO: images, annotations (xywh px), categories 1..N in class-name order
-    report.json                   counts per split, drops per reason, timings
+    report.json                   counts per split, drops and corrections per reason, box checks, timings
     manifest.json                 written last: the completion marker the next stages look for
                                   (a :class:`~yolonas_pipeline.contracts.DatasetManifest`)
+
+The final folder holds complete exports only: a local export is written to a hidden staging folder beside it
+(``.incomplete-<fingerprint>-...``) and renamed into place once its manifest is written; an S3 export (no
+rename there) is written in place, manifest last, deleted if the run fails, and a killed run's leftovers are
+deleted by the next run of the same fingerprint before it writes.
+
+Before anything is written, the box reading (preset or mapping) is checked on the first rows of train
+(:mod:`~yolonas_pipeline.materialize_checks`); a reading that does not fit the numbers is refused.
 
 The fingerprint hashes the source content (or hub commit) and every setting that changes the output, so a
 second run with the same inputs finds the manifest and does nothing. Rows stream through in bounded
@@ -18,6 +26,7 @@ export, and write the report and the manifest. The parts, one job each:
 
 * :mod:`~yolonas_pipeline.materialize_sources`: opening hub datasets, ``save_to_disk`` folders, files;
 * :mod:`~yolonas_pipeline.materialize_schema`: which columns hold what, and box conversion;
+* :mod:`~yolonas_pipeline.materialize_checks`: whether the chosen box reading fits the data;
 * :mod:`~yolonas_pipeline.materialize_rows`: reading rows out of Arrow batches without copying images;
 * :mod:`~yolonas_pipeline.materialize_images` and :mod:`~yolonas_pipeline.materialize_pool`: image
   inspection and conversion, in worker processes;
@@ -34,7 +43,9 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -53,7 +64,8 @@ from yolonas_pipeline.contracts import (
     SplitFiles,
 )
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.materialize_images import JPEG_QUALITY
+from yolonas_pipeline.materialize_checks import check_boxes
+from yolonas_pipeline.materialize_images import EXIF_STORED_FRAME_POLICIES, JPEG_QUALITY
 from yolonas_pipeline.materialize_pipeline import Exporter, Pass
 from yolonas_pipeline.materialize_schema import PRESETS, ResolvedSchema, SchemaConfig, resolve_schema
 from yolonas_pipeline.materialize_sources import (
@@ -77,7 +89,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = DatasetManifest.FORMAT
 #: Bump when the bytes written for the same input change; it is part of the fingerprint.
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2  # 2: images whose every box was dropped are dropped; declared sizes and EXIF frames
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,16 @@ class MaterializeRequest:
     max_side: int | None = None
     streaming: bool = False
     workers: int | None = None  # processes converting images, this one included; default: the CPUs it may use
+    #: An image whose every box was dropped (negative size, NaN, unknown class...) is dropped and counted
+    #: (``all_boxes_dropped``); True keeps it as a background image. Images with no boxes in the source are kept.
+    keep_emptied_images: bool = False
+    #: When a row's declared width/height (schema width_column/height_column) match the stored frame of an image
+    #: that EXIF turns by 90 degrees, its boxes refer to the stored pixels: "rotate" turns them with the pixels
+    #: (counted: boxes_rotated_with_exif), "drop" leaves the row out (boxes_in_stored_exif_frame), "error" stops.
+    exif_stored_frame: str = "rotate"
+    #: Check the box reading (bbox_format, normalized) on the first rows of train before exporting, and refuse
+    #: one that does not fit (see :mod:`~yolonas_pipeline.materialize_checks`); False exports as configured.
+    check_boxes: bool = True
 
 
 # -- splits ------------------------------------------------------------------------------------------
@@ -199,6 +221,15 @@ def _check_request(request: MaterializeRequest) -> None:
         raise StageInputError(f"validation_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
     if request.max_side is not None and (not isinstance(request.max_side, int) or request.max_side < 32):
         raise StageInputError(f"max_side must be an integer of at least 32 pixels or None, got {request.max_side!r}")
+    if request.exif_stored_frame not in EXIF_STORED_FRAME_POLICIES:
+        raise StageInputError(
+            f"exif_stored_frame must be one of {', '.join(EXIF_STORED_FRAME_POLICIES)}, got "
+            f"{request.exif_stored_frame!r}"
+        )
+    if not isinstance(request.check_boxes, bool):
+        raise StageInputError(f"check_boxes must be true or false, got {request.check_boxes!r}")
+    if not isinstance(request.keep_emptied_images, bool):
+        raise StageInputError(f"keep_emptied_images must be true or false, got {request.keep_emptied_images!r}")
     if request.workers is not None and (not isinstance(request.workers, int) or request.workers < 0):
         raise StageInputError(f"workers must be a non-negative integer or None, got {request.workers!r}")
 
@@ -230,6 +261,8 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                 "schema": schema_dict,
                 "splits": split_plan,
                 "max_side": request.max_side,
+                "keep_emptied_images": request.keep_emptied_images,
+                "exif_stored_frame": request.exif_stored_frame,
             }
         )
         root = request.output_uri if is_s3_uri(request.output_uri) else os.path.abspath(request.output_uri)
@@ -243,6 +276,10 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                     fingerprint,
                 )
                 return DatasetExport.from_manifest(dataset_uri, existing, reused=True)
+        first = source.splits[passes[0].source_split]
+        box_checks: dict[str, Any] | None = None
+        if request.check_boxes:
+            box_checks = check_boxes(schema, first, f"split {first.name!r} of {source.description}")
         seeded = f", validation = seeded {request.validation_fraction:.0%} of train"
         log.info(
             "materialize: %s -> %s (schema %s, %d classes, splits %s%s)",
@@ -253,10 +290,20 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
             split_plan["map"],
             seeded if split_plan["seeded_validation"] else "",
         )
+        staging_uri = _prepare_staging(root, fingerprint, dataset_uri, storage)
         tmpdir = Path(tempfile.mkdtemp(prefix="yolonas-materialize-"))
+        done = False
         try:
             exporter = Exporter(
-                schema, dataset_uri, storage, tmpdir, source.splits, max_side=request.max_side, workers=request.workers
+                schema,
+                staging_uri,
+                storage,
+                tmpdir,
+                source.splits,
+                max_side=request.max_side,
+                workers=request.workers,
+                keep_emptied_images=request.keep_emptied_images,
+                exif_stored_frame=request.exif_stored_frame,
             )
             ok = False
             try:
@@ -271,14 +318,100 @@ def materialize(request: MaterializeRequest, *, storage: Storage) -> DatasetExpo
                 split_plan,
                 exporter,
                 fingerprint,
+                staging_uri,
                 dataset_uri,
                 storage,
                 {"open_s": opened - started, "fingerprint_s": fingerprinted - opened},
                 started,
+                box_checks,
             )
+            manifest = _move_into_place(staging_uri, dataset_uri, manifest, storage)
+            done = True
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+            if not done:
+                _discard(staging_uri, storage)
         return DatasetExport.from_manifest(dataset_uri, manifest, reused=False)
+
+
+# -- the final location holds complete exports only ----------------------------------------------------
+#: Local exports are written to ``<root>/.incomplete-<fingerprint>-<pid>-<random>/`` and renamed into place.
+STAGING_PREFIX = ".incomplete-"
+
+
+def _prepare_staging(root: str, fingerprint: str, dataset_uri: str, storage: Storage) -> str:
+    """Where this run writes, and the leftovers of earlier runs of the same fingerprint removed.
+
+    Local: a fresh hidden folder beside the final one, renamed into place once complete (one ``rename``:
+    the final folder appears whole or not at all). S3 has no rename, and a server-side copy of every image
+    would double the requests and the time, so an S3 export is written in place, its manifest last: readers
+    trust only an export with a manifest (:meth:`DatasetManifest.read_export`), a failed run deletes what
+    it wrote, and a run killed outright leaves files that the next run of the same fingerprint deletes first.
+    """
+    if is_s3_uri(root):
+        if storage.list_files(dataset_uri):  # no manifest (checked by the caller): a killed run's leftovers
+            log.warning("materialize: removing the incomplete export at %s (no manifest) before writing", dataset_uri)
+            storage.delete_tree(dataset_uri)
+        return dataset_uri
+    os.makedirs(root, exist_ok=True)
+    for stale in Path(root).glob(f"{STAGING_PREFIX}{fingerprint}-*"):
+        if _still_running(stale):  # a concurrent run of the same export: let it finish (one of the two renames wins)
+            continue
+        log.warning("materialize: removing %s, left by a run that did not finish", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    if os.path.lexists(dataset_uri):  # no manifest: written in place by an earlier version and never finished
+        log.warning("materialize: removing the incomplete export at %s (no manifest) before writing", dataset_uri)
+        shutil.rmtree(dataset_uri, ignore_errors=True)
+    staging = os.path.join(root, f"{STAGING_PREFIX}{fingerprint}-{os.getpid()}-{secrets.token_hex(4)}")
+    os.makedirs(staging)
+    Path(staging, _OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return staging
+
+
+#: Inside a staging folder: "<host> <pid>" of the run writing it (not part of the export: removed before the rename).
+_OWNER_FILE = ".owner"
+
+
+def _still_running(staging: Path) -> bool:
+    """Whether the run that owns ``staging`` is alive on this host (a run elsewhere, or unknown: no)."""
+    try:
+        host, pid = (staging / _OWNER_FILE).read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return int(pid) != os.getpid()
+
+
+def _move_into_place(
+    staging_uri: str, dataset_uri: str, manifest: DatasetManifest, storage: Storage
+) -> DatasetManifest:
+    """Rename a complete local export to its final folder (S3: already there)."""
+    if staging_uri == dataset_uri:
+        return manifest
+    Path(staging_uri, _OWNER_FILE).unlink(missing_ok=True)
+    try:
+        os.rename(staging_uri, dataset_uri)
+    except OSError:
+        # another run of the same fingerprint finished first: its export is the same, keep it
+        if not storage.exists(join_uri(dataset_uri, DATASET_MANIFEST_FILE)):
+            raise
+        shutil.rmtree(staging_uri, ignore_errors=True)
+        return DatasetManifest.read_export(dataset_uri, storage=storage)
+    return manifest
+
+
+def _discard(staging_uri: str, storage: Storage) -> None:
+    """After a failure: nothing of this run stays (locally its staging folder; on S3 what it wrote)."""
+    try:
+        if is_s3_uri(staging_uri):
+            if not storage.exists(join_uri(staging_uri, DATASET_MANIFEST_FILE)):
+                storage.delete_tree(staging_uri)
+        else:
+            shutil.rmtree(staging_uri, ignore_errors=True)
+    except Exception as exc:  # the original error matters more; the next run cleans up
+        log.warning("materialize: could not remove the incomplete export at %s: %s", staging_uri, exc)
 
 
 def _finish(
@@ -288,18 +421,23 @@ def _finish(
     split_plan: dict[str, Any],
     exporter: Exporter,
     fingerprint: str,
-    dataset_uri: str,
+    write_uri: str,
+    final_uri: str,
     storage: Storage,
     timings: dict[str, float],
     started: float,
+    box_checks: dict[str, Any] | None = None,
 ) -> DatasetManifest:
-    """Check the export is usable, upload the COCO files, write the report, and the manifest last."""
+    """Check the export is usable, upload the COCO files, write the report, and the manifest last, all under
+    ``write_uri`` (the staging folder of a local export; ``final_uri`` is where it will be)."""
     class_names = list(schema.class_names)
     writers = exporter.writers
     train = writers["train"]
     drops_total: Counter[str] = Counter()
+    corrections_total: Counter[str] = Counter()
     for writer in writers.values():
         drops_total.update(writer.stats.drops)
+        corrections_total.update(writer.stats.corrections)
     if train.images == 0 or train.annotations == 0:
         raise StageInputError(
             f"{source.description} gave no usable training data: {train.rows} train rows, {train.images} images, "
@@ -322,7 +460,7 @@ def _finish(
         local = exporter.tmpdir / f"{name}.json"
         writer.assemble(local, class_names, fingerprint)
         annotation_file = f"annotations/{name}.json"
-        storage.upload_file(local, join_uri(dataset_uri, annotation_file))
+        storage.upload_file(local, join_uri(write_uri, annotation_file))
         local.unlink()
         splits[name] = SplitFiles(
             images=writer.images,
@@ -342,8 +480,12 @@ def _finish(
         "schema": schema_dict,
         "split_plan": split_plan,
         "max_side": request.max_side,
+        "keep_emptied_images": request.keep_emptied_images,
+        "exif_stored_frame": request.exif_stored_frame,
         "splits": {name: writer.report() for name, writer in writers.items()},
         "drops_total": dict(sorted(drops_total.items())),
+        "corrections_total": dict(sorted(corrections_total.items())),
+        "box_checks": box_checks,
         "class_histogram": histogram,
         "timings": {
             **{k: round(v, 3) for k, v in timings.items()},
@@ -352,7 +494,7 @@ def _finish(
             "rows_per_s": round(rows / total_s, 1) if total_s > 0 else None,
         },
     }
-    storage.write_text(join_uri(dataset_uri, DATASET_REPORT_FILE), json.dumps(report, indent=2) + "\n")
+    storage.write_text(join_uri(write_uri, DATASET_REPORT_FILE), json.dumps(report, indent=2) + "\n")
     manifest = DatasetManifest(
         fingerprint=fingerprint,
         class_names=class_names,
@@ -363,7 +505,7 @@ def _finish(
         files=images + len(splits) + 1,  # images, annotation files, report
     )
     # last: the manifest is what makes the export visible as complete
-    manifest.write(join_uri(dataset_uri, DATASET_MANIFEST_FILE), storage=storage)
+    manifest.write(join_uri(write_uri, DATASET_MANIFEST_FILE), storage=storage)
     drops_text = ", ".join(f"{k} {v}" for k, v in sorted(drops_total.items())) or "none"
     passthrough = sum(w.passthrough for w in writers.values())
     log.info(
@@ -377,6 +519,6 @@ def _finish(
         f"{rows / max(total_s, 1e-9):,.0f}",
         ", ".join(f"{n} {s.images}/{s.annotations}" for n, s in splits.items()),
         drops_text,
-        dataset_uri,
+        final_uri,
     )
     return manifest

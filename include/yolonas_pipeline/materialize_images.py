@@ -39,6 +39,42 @@ class ImagePlan:
     reason: str = ""
 
 
+#: What to do when a row's declared width/height match the stored frame of an EXIF-rotated image (its boxes
+#: then refer to the stored frame, not the displayed one the export writes).
+EXIF_STORED_FRAME_POLICIES = ("rotate", "drop", "error")
+#: Correction reasons counted in the report.
+BOXES_ROTATED = "boxes_rotated_with_exif"
+DECLARED_SIZE_MISMATCH = "declared_size_mismatch"
+STORED_FRAME = "stored_frame"  # not a correction: a row in the stored frame, under policy "drop" or "error"
+
+
+def stored_size(plan: ImagePlan) -> tuple[int, int]:
+    """(w, h) of the image as stored, before its EXIF orientation is applied."""
+    width, height = plan.source_size
+    return (height, width) if plan.orientation in _TRANSPOSING else (width, height)
+
+
+def declared_frame(plan: ImagePlan, declared: tuple[Any, Any] | None) -> str | None:
+    """How a row's declared (width, height) relate to its image: None when they agree with the displayed frame
+    (or nothing usable is declared), :data:`STORED_FRAME` when they are the stored frame of an image that EXIF
+    rotates by 90 degrees (its boxes were drawn on the stored pixels), else :data:`DECLARED_SIZE_MISMATCH`
+    (the decoded size is used). Flips and 180-degree turns keep the size, so they cannot be told apart here."""
+    if declared is None:
+        return None
+    width, height = declared
+    if width is None or height is None:
+        return None
+    try:
+        size = (round(float(width)), round(float(height)))
+    except (TypeError, ValueError, OverflowError):
+        return DECLARED_SIZE_MISMATCH
+    if size == plan.source_size:
+        return None
+    if plan.orientation in _TRANSPOSING and size == stored_size(plan):
+        return STORED_FRAME
+    return DECLARED_SIZE_MISMATCH
+
+
 def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
     """(w, h) scaled so that the longer side is at most ``max_side``; never upscales."""
     if not max_side or max(width, height) <= max_side:

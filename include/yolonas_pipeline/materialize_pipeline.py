@@ -22,16 +22,21 @@ from typing import Any
 
 from yolonas_pipeline.contracts import OUTPUT_SPLITS
 from yolonas_pipeline.cpus import available_cpus
+from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize_images import (
+    BOXES_ROTATED,
     CONVERT,
     CORRUPT,
+    DECLARED_SIZE_MISMATCH,
     PASSTHROUGH,
+    STORED_FRAME,
     VERIFY,
     ConversionJob,
     ConversionResult,
     ImagePlan,
     ImageSource,
     convert_chunk,
+    declared_frame,
     inspect_image,
 )
 from yolonas_pipeline.materialize_pool import ConversionPool
@@ -83,6 +88,8 @@ class _Row:
     bboxes: Any
     categories: Any
     source_id: Any
+    declared: tuple[Any, Any] | None = None  # (width, height) the row declares
+    where: tuple[str, int] = ("", 0)  # (source split, row index) for error messages
     drop: str | None = None
     future: Future[list[ConversionResult]] | None = None
     slot: int = 0
@@ -130,8 +137,12 @@ class Exporter:
         *,
         max_side: int | None,
         workers: int | None,
+        keep_emptied_images: bool = False,
+        exif_stored_frame: str = "rotate",
     ) -> None:
         self.sources = sources
+        self.keep_emptied_images = keep_emptied_images
+        self.exif_stored_frame = exif_stored_frame
         self.schema = schema
         self.dataset_uri = dataset_uri
         self.tmpdir = tmpdir
@@ -174,10 +185,10 @@ class Exporter:
             train, validation = self._writer(one_pass.output), self.writers.get("validation")
             selector = one_pass.validation_selector
             rows = read_rows(self.sources[one_pass.source_split], self.schema)
-            for index, (data, ref, bboxes, categories, source_id) in enumerate(rows):
+            for index, (data, ref, bboxes, categories, source_id, declared) in enumerate(rows):
                 writer = validation if selector is not None and selector(index) else train
                 assert writer is not None
-                self._add(writer, data, ref, bboxes, categories, source_id)
+                self._add(writer, data, ref, bboxes, categories, source_id, declared, (one_pass.source_split, index))
             self._flush_chunk()
         while self._pending:
             self._commit(self._pending.popleft())
@@ -190,8 +201,10 @@ class Exporter:
         bboxes: Any,
         categories: Any,
         source_id: Any,
+        declared: tuple[Any, Any] | None = None,
+        where: tuple[str, int] = ("", 0),
     ) -> None:
-        row = _Row(writer, data, ref, None, bboxes, categories, source_id)
+        row = _Row(writer, data, ref, None, bboxes, categories, source_id, declared, where)
         if data is None:
             row.drop = "missing_image"
         else:
@@ -275,6 +288,22 @@ class Exporter:
             data = payload
             writer.converted += 1
         cfg = self.schema.config
+        stored_orientation = 1
+        frame = declared_frame(row.plan, row.declared)
+        if frame == DECLARED_SIZE_MISMATCH:
+            writer.stats.corrections[DECLARED_SIZE_MISMATCH] += 1  # the decoded size is what the JPEG has
+        elif frame == STORED_FRAME:
+            if self.exif_stored_frame == "error":
+                raise self._stored_frame_error(row)
+            if self.exif_stored_frame == "drop":
+                writer.stats.drops["boxes_in_stored_exif_frame"] += 1
+                count = max(len(row.bboxes or ()), len(row.categories or ()))
+                if count:
+                    writer.stats.drops["boxes_on_dropped_images"] += count
+                row.data = None
+                return
+            writer.stats.corrections[BOXES_ROTATED] += 1
+            stored_orientation = row.plan.orientation
         boxes = convert_boxes(
             row.bboxes,
             row.categories,
@@ -285,11 +314,32 @@ class Exporter:
             num_classes=len(self.class_names),
             name_to_index=self.name_to_index,
             stats=writer.stats,
+            stored_orientation=stored_orientation,
         )
+        if not boxes and not self.keep_emptied_images and (row.bboxes or row.categories):
+            # the source says there are objects here, none usable: as a background image it would teach the
+            # model that they are not objects
+            writer.stats.drops["all_boxes_dropped"] += 1
+            row.data = None
+            return
         width, height = row.plan.output_size
         file_name = writer.add(width, height, boxes, row.source_id)
         self.writes.submit(f"{self._images_prefix}/{writer.name}/{file_name}", data, ref)
         row.data = None
+
+    def _stored_frame_error(self, row: _Row) -> StageInputError:
+        assert row.plan is not None
+        split, index = row.where
+        cfg = self.schema.config
+        return StageInputError(
+            f"row {index} of split {split!r}: its declared size {cfg.width_column}/{cfg.height_column} = "
+            f"{row.declared[0] if row.declared else None}x{row.declared[1] if row.declared else None} is the stored "
+            f"frame of an image that EXIF orientation {row.plan.orientation} shows as "
+            f"{row.plan.source_size[0]}x{row.plan.source_size[1]}, so its boxes refer to the stored pixels; "
+            'exif_stored_frame="error" refuses such rows. Accepted: "rotate" (turn the boxes with the pixels), '
+            '"drop" (leave the row out), or set the schema keys width_column/height_column to null to ignore the '
+            "declared sizes"
+        )
 
     def close(self, ok: bool) -> None:
         """Stop the conversion workers; finish the writes when ``ok`` (raising their first error), else drop them."""

@@ -21,9 +21,9 @@ __all__ = ["SLICE_ROWS", "SourceRow", "read_rows"]
 #: Rows taken from a record batch at a time (slicing is free; Python lists of a whole batch are not).
 SLICE_ROWS = 64
 
-#: (image bytes or None, file reference or None, bboxes, categories, source id): one row as read. The boxes
-#: and categories are what the dataset holds (checked later, by ``convert_boxes``).
-SourceRow: TypeAlias = tuple[ImageData | None, FileRef | None, Any, Any, Any]
+#: (image bytes or None, file reference or None, bboxes, categories, source id, declared (width, height) or
+#: None): one row as read. The boxes, categories and sizes are what the dataset holds (checked later).
+SourceRow: TypeAlias = tuple[ImageData | None, FileRef | None, Any, Any, Any, tuple[Any, Any] | None]
 
 
 def read_rows(split: SourceSplit, schema: ResolvedSchema) -> Iterator[SourceRow]:
@@ -51,7 +51,14 @@ def read_rows(split: SourceSplit, schema: ResolvedSchema) -> Iterator[SourceRow]
                 if schema.has_image_id and cfg.image_id_column
                 else [None] * part.num_rows
             )
-            yield from zip(data, refs, bboxes, categories, ids, strict=True)
+            sizes: list[tuple[Any, Any] | None]
+            if schema.size_columns is not None:
+                widths = _column(part, schema.size_columns[0]).to_pylist()
+                heights = _column(part, schema.size_columns[1]).to_pylist()
+                sizes = list(zip(widths, heights, strict=True))
+            else:
+                sizes = [None] * part.num_rows
+            yield from zip(data, refs, bboxes, categories, ids, sizes, strict=True)
 
 
 def _images(

@@ -12,7 +12,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import zip_longest
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from yolonas_pipeline.errors import StageInputError
 
@@ -50,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 AUTO_PRESETS = ("cppe5", "objects_categories", "top_level")
 #: Keys only about interpreting values; a mapping may override them on top of auto-detection.
-_VALUE_KEYS = ("bbox_format", "normalized", "class_names")
+_VALUE_KEYS = ("bbox_format", "normalized", "class_names", "width_column", "height_column")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class SchemaConfig:
     normalized: bool = False  # True = coordinates in 0..1
     class_names: tuple[str, ...] | None = None  # required when categories are plain ints
     image_id_column: str | None = "image_id"
+    #: Top-level columns declaring each image's size; compared with the decoded image when present (None: ignored).
+    width_column: str | None = "width"
+    height_column: str | None = "height"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +117,7 @@ class SchemaConfig:
             raise StageInputError(
                 f"unknown schema keys {sorted(unknown)}; accepted: preset, {', '.join(sorted(settable))}"
             )
+        check_schema_mapping(value)
         overrides = {k: v for k, v in value.items() if k != "preset"}
         if "preset" in value:
             base = cls.preset(str(value["preset"]))
@@ -132,6 +138,75 @@ class SchemaConfig:
         return data
 
 
+# -- the mapping form, for the Python API and the trigger form alike ----------------------------------------
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class SchemaMapping(BaseModel):
+    """The keys a schema mapping may set, and their types: what :meth:`SchemaConfig.from_mapping` accepts and
+    what the trigger form's ``schema`` field validates against (:func:`schema_form_json_schema`). Only the
+    keys given are checked and applied; the others keep the preset's (or the default layout's) value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    preset: Literal[("auto", *PRESETS)] | None = Field(  # type: ignore[valid-type]
+        default=None, description="Start from this preset; the other keys override it."
+    )
+    image_column: _Name = Field(default="", description="Column with the image (HF Image, bytes or path).")
+    objects_column: _Name | None = Field(
+        default=None, description="Column holding the boxes and categories; null: they are top-level columns."
+    )
+    bbox_key: _Name = Field(default="", description="Key (or column) of the boxes.")
+    category_key: _Name = Field(default="", description="Key (or column) of the categories.")
+    bbox_format: Literal[BBOX_FORMATS] | None = Field(default=None, description="What the four numbers are.")  # type: ignore[valid-type]
+    normalized: bool | None = Field(default=None, description="True: coordinates are fractions (0..1) of the image.")
+    class_names: Annotated[list[_Name], Field(min_length=1, max_length=10000)] | None = Field(
+        default=None, description="Class names, index i = category i (needed for plain-integer categories)."
+    )
+    image_id_column: _Name | None = Field(default=None, description="Column copied to COCO source_id; null: none.")
+    width_column: _Name | None = Field(default=None, description="Column declaring the image width; null: none.")
+    height_column: _Name | None = Field(default=None, description="Column declaring the image height; null: none.")
+
+
+def check_schema_mapping(value: Mapping[str, Any]) -> None:
+    """Refuse a schema mapping whose keys or value types :class:`SchemaMapping` does not accept."""
+    data = {k: list(v) if k == "class_names" and isinstance(v, tuple) else v for k, v in value.items()}
+    try:
+        SchemaMapping.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'schema'}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise StageInputError(
+            f"schema mapping refused: {problems}. Accepted keys: {', '.join(SchemaMapping.model_fields)}; "
+            f'e.g. {{"preset": "objects_categories", "bbox_format": "xyxy"}} or {{"objects_column": null, '
+            f'"class_names": ["cat", "dog"]}}'
+        ) from None
+
+
+def schema_form_json_schema() -> dict[str, Any]:
+    """JSON schema of a ``schema`` value: null (detect), a preset name, or a mapping (:class:`SchemaMapping`).
+
+    Self-contained (no ``$ref``), so that Airflow's ``Param`` validates with it as it is; ``type`` lists
+    ``object`` first after null, so that the trigger form shows a JSON editor (a preset is typed ``"cppe5"``
+    or ``{"preset": "cppe5"}``).
+    """
+    mapping = SchemaMapping.model_json_schema()
+    mapping.pop("title", None)
+    mapping.pop("description", None)
+    for prop in mapping["properties"].values():
+        prop.pop("default", None)  # unset keys keep the preset's value; the defaults here are placeholders
+    return {
+        "type": ["null", "object", "string"],
+        "anyOf": [
+            {"type": "null"},
+            {"type": "string", "enum": ["auto", *PRESETS]},
+            mapping,
+        ],
+    }
+
+
 @dataclass(frozen=True)
 class ResolvedSchema:
     """A schema checked against a real source: Arrow layouts known, class names fixed."""
@@ -142,6 +217,7 @@ class ResolvedSchema:
     objects_kind: str | None  # "struct" (struct of lists) | "list" (list of structs) | None (top-level columns)
     category_is_str: bool
     has_image_id: bool
+    size_columns: tuple[str, str] | None = None  # (width, height) columns declaring each image's size
 
     @property
     def columns(self) -> list[str]:
@@ -151,6 +227,8 @@ class ResolvedSchema:
         cols += [cfg.objects_column] if cfg.objects_column else [cfg.bbox_key, cfg.category_key]
         if self.has_image_id and cfg.image_id_column:
             cols.append(cfg.image_id_column)
+        if self.size_columns is not None:
+            cols += [c for c in self.size_columns if c not in cols]
         return cols
 
 
@@ -354,7 +432,40 @@ def resolve_schema(
     if not class_names:
         raise StageInputError(f"{where} declares no class names; set schema class_names")
     has_image_id = bool(cfg.image_id_column) and cfg.image_id_column in names
-    return ResolvedSchema(cfg, tuple(class_names), image_kind, objects_kind, category_is_str, has_image_id)
+    size_columns = _size_columns(cfg, arrow_schema, where)
+    return ResolvedSchema(
+        cfg, tuple(class_names), image_kind, objects_kind, category_is_str, has_image_id, size_columns
+    )
+
+
+def _size_columns(cfg: SchemaConfig, arrow_schema: Any, where: str) -> tuple[str, str] | None:
+    """The declared-size columns, when both are numeric top-level columns. The default names are used when
+    present; names set in the schema must exist."""
+    import pyarrow as pa
+
+    if cfg.width_column is None or cfg.height_column is None:
+        return None
+    defaults = SchemaConfig()
+    explicit = (cfg.width_column, cfg.height_column) != (defaults.width_column, defaults.height_column)
+    found: list[str] = []
+    for key, column in (("width_column", cfg.width_column), ("height_column", cfg.height_column)):
+        if column not in arrow_schema.names:
+            if explicit:
+                raise StageInputError(
+                    f"schema {key}={column!r}: {where} has no such column (columns: {list(arrow_schema.names)}); "
+                    f"name the column that declares each image's size, or set {key} to null"
+                )
+            return None
+        kind = arrow_schema.field(column).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            if explicit:
+                raise StageInputError(
+                    f"schema {key}={column!r}: the column holds {kind} in {where}, not numbers; set {key} to the "
+                    "column with each image's size in pixels, or to null"
+                )
+            return None
+        found.append(column)
+    return found[0], found[1]
 
 
 # -- boxes ---------------------------------------------------------------------------------------
@@ -366,6 +477,7 @@ class BoxStats:
 
     drops: Counter[str] = field(default_factory=Counter)
     clipped: int = 0
+    corrections: Counter[str] = field(default_factory=Counter)  # rows read differently than they say, by reason
 
 
 def convert_boxes(
@@ -379,11 +491,14 @@ def convert_boxes(
     num_classes: int,
     name_to_index: Mapping[str, int] | None,
     stats: BoxStats,
+    stored_orientation: int = 1,
 ) -> list[tuple[int, float, float, float, float]]:
     """Boxes as ``(class_index, x, y, w, h)`` in output pixels, clipped to the image; bad boxes are counted.
 
-    ``source_size`` is the (oriented) size the source coordinates refer to, ``output_size`` the size of the
-    written JPEG (differs when downscaled).
+    ``source_size`` is the (oriented, displayed) size of the image, ``output_size`` the size of the written
+    JPEG (differs when downscaled). The coordinates refer to the displayed frame, unless
+    ``stored_orientation`` is an EXIF orientation other than 1: then they refer to the stored pixels, and are
+    turned with them.
     """
     out: list[tuple[int, float, float, float, float]] = []
     if not bboxes and not categories:
@@ -394,6 +509,11 @@ def convert_boxes(
     sy = out_h / src_h
     if normalized:
         sx, sy = float(out_w), float(out_h)
+    turn = stored_orientation != 1
+    if turn:  # stored frame: (w, h) before the orientation; boxes to stored pixels, turned, then scaled
+        stored_w, stored_h = (src_h, src_w) if stored_orientation in (5, 6, 7, 8) else (src_w, src_h)
+        px, py = (float(stored_w), float(stored_h)) if normalized else (1.0, 1.0)
+        sx, sy = out_w / src_w, out_h / src_h
     drops = stats.drops
     for bbox, category in zip_longest(bboxes or (), categories or ()):
         if bbox is None or len(bbox) != 4:
@@ -430,6 +550,8 @@ def convert_boxes(
         if x2 <= x1 or y2 <= y1:
             drops["degenerate_box"] += 1
             continue
+        if turn:
+            x1, y1, x2, y2 = turn_box(x1 * px, y1 * py, x2 * px, y2 * py, stored_orientation, stored_w, stored_h)
         x1, x2, y1, y2 = x1 * sx, x2 * sx, y1 * sy, y2 * sy
         # clip, then snap to hundredths of a pixel: precision to spare, and stable text in the JSON
         ix1 = round(min(max(x1, 0.0), out_w) * 100)
@@ -445,3 +567,25 @@ def convert_boxes(
             stats.clipped += 1
         out.append((index, ix1 / 100, iy1 / 100, (ix2 - ix1) / 100, (iy2 - iy1) / 100))
     return out
+
+
+def turn_box(
+    x1: float, y1: float, x2: float, y2: float, orientation: int, width: float, height: float
+) -> tuple[float, float, float, float]:
+    """A corner box on the stored pixels (``width`` x ``height``) moved as EXIF ``orientation`` moves the
+    pixels (what ``ImageOps.exif_transpose`` does), as a corner box in the displayed frame."""
+    if orientation == 2:
+        return width - x2, y1, width - x1, y2
+    if orientation == 3:
+        return width - x2, height - y2, width - x1, height - y1
+    if orientation == 4:
+        return x1, height - y2, x2, height - y1
+    if orientation == 5:
+        return y1, x1, y2, x2
+    if orientation == 6:
+        return height - y2, x1, height - y1, x2
+    if orientation == 7:
+        return height - y2, width - x2, height - y1, width - x1
+    if orientation == 8:
+        return y1, width - x2, y2, width - x1
+    return x1, y1, x2, y2

@@ -295,13 +295,25 @@ def _files_identity(kind: str, split_files: dict[str, list[str]]) -> Callable[[]
 # -- local sources -----------------------------------------------------------------------------------
 
 
+#: What a hub dataset name can be: ``name`` or ``owner/name``, optionally ``:config``.
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(:[A-Za-z0-9._-]+)?")
+
+
 def looks_local(source: str) -> bool:
-    """A path-like source (vs a hub name); existence is checked by the caller."""
+    """A path-like source (vs a hub name); existence is checked by the caller.
+
+    Anything that cannot be a hub name (``name`` or ``owner/name``, optionally ``:config``) is a path: ``./x``,
+    ``/x``, ``~/x``, ``x/``, ``a/b/c``, a backslash, a glob, a data-file suffix, or a name that exists here. Such a
+    source is never sent to the hub, so a missing path fails at once as a missing path.
+    """
     return (
-        Path(source).exists()
-        or source.startswith(("/", "./", "../", "~", "file://"))
+        Path(os.path.expanduser(source)).exists()
+        or source.startswith(("/", "./", "../", "~", "file://", "."))
+        or source.endswith(("/", os.sep))
+        or "\\" in source
         or any(ch in source for ch in "*?[")
         or source.endswith(DATA_SUFFIXES)
+        or _HUB_NAME.fullmatch(source) is None
     )
 
 
@@ -434,13 +446,31 @@ def _resolve_revision(name: str, revision: str | None, offline: bool) -> str | N
         return None
 
 
-def _open_hub(source: str, revision: str | None, streaming: bool, offline: bool) -> OpenedSource:
-    from datasets import IterableDataset, load_dataset
+def _in_local_cache(name: str) -> bool:
+    """Whether the hub dataset ``name`` has anything in the local Hugging Face caches (hub files or ``datasets``'
+    prepared Arrow cache): what an offline ``load_dataset`` can use."""
+    import datasets.config
+    from huggingface_hub import constants
 
+    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / name.replace("/", "___")
+    return hub.is_dir() or prepared.is_dir()
+
+
+def _open_hub(source: str, revision: str | None, streaming: bool, offline: bool) -> OpenedSource:
     name, _, config = source.partition(":")
     description = (
         f"hub dataset {name}" + (f" (config {config})" if config else "") + (f" @ {revision}" if revision else "")
     )
+    if offline and not Path(name).exists() and not _in_local_cache(name):
+        # fail now: offline, datasets would only look for it in the caches (and may retry before saying so)
+        raise StageInputError(
+            f"source {source!r}: HF_HUB_OFFLINE is set and {description} is not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME') or '~/.cache/huggingface'}); unset HF_HUB_OFFLINE to download it, or give "
+            "a local path (./folder, /abs/path, folder/) to a save_to_disk folder or parquet/Arrow files"
+        )
+    from datasets import IterableDataset, load_dataset
+
     try:
         loaded = load_dataset(name, config or None, revision=revision, streaming=streaming)
     except Exception as exc:

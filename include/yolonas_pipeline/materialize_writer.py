@@ -115,6 +115,7 @@ class SplitWriter:
             "images_without_boxes": self.without_boxes,
             "boxes_clipped": self.stats.clipped,
             "drops": dict(sorted(self.stats.drops.items())),
+            "corrections": dict(sorted(self.stats.corrections.items())),
         }
 
 

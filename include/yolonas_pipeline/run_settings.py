@@ -18,13 +18,22 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from yolonas_pipeline.contracts import ModelName, TrainRequest, describe_errors
 from yolonas_pipeline.drift.config import DriftConfig
 from yolonas_pipeline.drift.features import FEATURES
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.materialize_schema import PRESETS
+from yolonas_pipeline.materialize_schema import PRESETS, SchemaConfig, SchemaMapping, schema_form_json_schema
 
 #: The promotion gate's defaults (see :mod:`yolonas_pipeline.promote`).
 DEFAULT_MARGIN = 0.0
@@ -117,6 +126,24 @@ def _field_keys(model: type[BaseModel]) -> list[str]:
 
 
 # -- the fields both DAGs share ----------------------------------------------------------------------------------
+def _schema_is_valid(value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """The materializer's own check of a schema value (preset name or mapping), so a bad one fails at trigger time."""
+    if value is not None:
+        try:
+            SchemaConfig.from_mapping(value)
+        except StageInputError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+#: A preset name, a mapping validated by :class:`~yolonas_pipeline.materialize_schema.SchemaMapping`, or None.
+SchemaSetting = Annotated[
+    str | dict[str, Any] | None,
+    AfterValidator(_schema_is_valid),
+    WithJsonSchema(schema_form_json_schema()),
+]
+
+
 class DatasetFields(RunSettings):
     dataset_source: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
         default="cppe-5",
@@ -129,11 +156,16 @@ class DatasetFields(RunSettings):
     dataset_revision: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
         default=None, json_schema_extra=_form("Revision", "Dataset", "Hub branch, tag or commit; empty: the newest.")
     )
-    schema_: Literal[tuple(PRESETS)] | None = Field(  # type: ignore[valid-type]
+    schema_: SchemaSetting = Field(
         default=None,
         alias="schema",
         json_schema_extra=_form(
-            "Schema preset", "Dataset", f"How boxes and classes are stored; empty: detect. One of {', '.join(PRESETS)}."
+            "Schema",
+            "Dataset",
+            "How boxes and classes are stored; null: detect. A preset name in quotes (one of "
+            f"{', '.join(PRESETS)}) or a mapping of keys ({', '.join(SchemaMapping.model_fields)}), e.g. "
+            '{"preset": "objects_categories", "bbox_format": "xyxy"} or {"objects_column": null, "bbox_key": '
+            '"boxes", "category_key": "labels", "class_names": ["cat", "dog"]}.',
         ),
     )
     split_map: dict[SplitName, SourceSplit] | None = Field(
@@ -177,6 +209,9 @@ class DatasetFields(RunSettings):
 
     @property
     def schema_name(self) -> str | None:
+        """The preset the schema names (``"custom"`` for a mapping without one); None: detect."""
+        if isinstance(self.schema_, dict):
+            return str(self.schema_.get("preset") or "custom")
         return self.schema_
 
 

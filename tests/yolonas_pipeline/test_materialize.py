@@ -178,6 +178,8 @@ def test_cppe5_export_layout_passthrough_and_manifest(
     assert result.report_uri == str(Path(result.dataset_uri, "report.json"))
     assert DatasetExport.parse(json.loads(json.dumps(result.to_xcom())), source="xcom") == result
     assert any(line.startswith("materialize: done") for line in messages(caplog))
+    written = report(result.dataset_uri)  # the width/height columns were read, and agree with the images
+    assert written["corrections_total"] == {} and written["box_checks"]["sampled_boxes"] > 0
 
 
 def test_second_run_reuses_and_writes_nothing(
@@ -513,15 +515,26 @@ def test_every_kind_of_bad_row_is_dropped_and_counted(tmp_path: Path) -> None:
         "outside_image": 1,
         "degenerate_box": 1,
         "missing_category": 1,
+        "all_boxes_dropped": 6,  # images that show objects, none usable: not background images
     }
-    assert train["images"] == len(rows) - 3
+    assert train["images"] == 3  # the fine one, the partly outside one, the one without boxes
     assert train["annotations"] == 2
     assert train["boxes_clipped"] == 1
-    assert train["images_without_boxes"] == 7  # every kept image whose boxes were all dropped, plus the empty one
+    assert train["images_without_boxes"] == 1  # only the one that had no boxes in the source
     ann = coco(result.dataset_uri, "train")
     assert [a["bbox"] for a in ann["annotations"]] == [[10.0, 10.0, 20.0, 20.0], [90.0, 70.0, 10.0, 10.0]]
     assert len(ann["images"]) == train["images"]
     assert result.splits["train"].model_dump() == {"images": train["images"], "annotations": 2}
+    assert len(list(Path(result.dataset_uri, "images", "train").iterdir())) == 3
+    # configurable: keep them as background images instead
+    kept = run(
+        source, tmp_path / "kept", schema={"preset": "top_level", "class_names": NAMES}, keep_emptied_images=True
+    )
+    assert kept.fingerprint != result.fingerprint
+    train = report(kept.dataset_uri)["splits"]["train"]
+    assert (train["images"], train["images_without_boxes"]) == (len(rows) - 3, 7)
+    assert "all_boxes_dropped" not in train["drops"]
+    assert report(kept.dataset_uri)["keep_emptied_images"] is True
 
 
 def test_no_usable_training_data_is_an_error_and_leaves_no_manifest(tmp_path: Path) -> None:
@@ -740,8 +753,11 @@ def test_killed_run_leaves_nothing_complete_and_rerun_is_byte_identical(tmp_path
     assert not list(out.rglob("manifest.json"))
     with pytest.raises(StageInputError, match="incomplete"):
         read_manifest(str(next(out.iterdir())))
+    (staging,) = out.iterdir()  # the killed run wrote beside the final folder, not in it
+    assert staging.name.startswith(".incomplete-") and not Path(out, staging.name.split("-")[1]).exists()
     rerun = run(sample_dataset, out)
     assert not rerun.reused
+    assert [p.name for p in out.iterdir()] == [rerun.fingerprint]  # the leftovers are gone
     clean = run(sample_dataset, tmp_path / "clean")
     assert rerun.fingerprint == clean.fingerprint
     for split in ("train", "validation"):
@@ -858,3 +874,310 @@ def test_write_falls_back_when_sendfile_is_refused(
     assert calls, "passthrough images from a mapped file should try sendfile first"
     for path in Path(reference.dataset_uri, "images").rglob("*.jpg"):
         assert path.read_bytes() == Path(result.dataset_uri, path.relative_to(reference.dataset_uri)).read_bytes()
+
+
+# -- paths never go to the hub ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["./nowhere", "nowhere/", "a/b/c", "/abs/nowhere", "../up", "data\\x", ".hidden"])
+def test_a_path_like_source_is_never_sent_to_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    def no_hub(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"{name!r} was sent to the hub")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(materialize_sources, "_open_hub", no_hub)
+    assert materialize_sources.looks_local(name)
+    with pytest.raises(StageInputError, match="does not exist"):
+        run(name, tmp_path / "out")
+
+
+def test_an_existing_relative_name_is_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _train_only(tmp_path / "owner" / "name", 4)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(materialize_sources, "_open_hub", None)
+    assert run("owner/name", tmp_path / "out").splits["train"].images >= 1
+    assert not materialize_sources.looks_local("owner/other")  # a hub name when nothing is there
+
+
+def test_offline_hub_name_not_in_the_cache_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import datasets
+    import datasets.config
+    import huggingface_hub.constants
+
+    def no_load(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("load_dataset should not be tried offline for a dataset that is not cached")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(datasets, "load_dataset", no_load)
+    started = time.monotonic()
+    with pytest.raises(StageInputError, match=r"'someone/missing': HF_HUB_OFFLINE is set .* not in the local"):
+        run("someone/missing", tmp_path / "out")
+    assert time.monotonic() - started < 5
+
+
+# -- the final location holds complete exports only ---------------------------------------------------
+
+
+def _fail_after_some_writes(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    written = [0]
+    write_file = materialize_writer.write_file
+
+    def write_then_fail(path: str, *args: Any) -> None:
+        write_file(path, *args)
+        written[0] += 1
+        if written[0] == count:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(materialize_writer, "write_file", write_then_fail)
+
+
+def test_a_failed_local_run_leaves_nothing_behind(
+    tmp_path: Path, sample_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fail_after_some_writes(monkeypatch, 5)
+    with pytest.raises(OSError, match="disk full"):
+        run(sample_dataset, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    # a failure after every image was written (here: an unusable validation split) leaves nothing either
+    good = objects_rows([jpeg(64, 48)] * 2, [[[1, 1, 10, 10]]] * 2, [[0], [1]])
+    junk = objects_rows([b"junk"], [[[1, 1, 5, 5]]], [[0]])
+    source = save_splits(tmp_path / "src", {"train": good, "validation": junk}, objects_features())
+    with pytest.raises(StageInputError, match="no usable images"):
+        run(source, tmp_path / "out2")
+    assert list((tmp_path / "out2").iterdir()) == []
+
+
+def test_an_incomplete_folder_at_the_final_location_is_replaced(tmp_path: Path, sample_dataset: Path) -> None:
+    """What an earlier version left when it was killed: images in place, no manifest."""
+    fingerprint = run(sample_dataset, tmp_path / "probe").fingerprint
+    stale = tmp_path / "out" / fingerprint / "images" / "train"
+    stale.mkdir(parents=True)
+    (stale / "99999999.jpg").write_bytes(b"half")
+    result = run(sample_dataset, tmp_path / "out")
+    assert not result.reused and not (stale / "99999999.jpg").exists()
+    assert read_manifest(result.dataset_uri).fingerprint == fingerprint
+
+
+def test_s3_failed_run_cleans_up_and_a_killed_runs_leftovers_go_first(
+    moto_s3: Any, tmp_path: Path, sample_dataset: Path
+) -> None:
+    bucket = moto_s3.new_bucket()
+    storage = Storage(moto_s3.client)
+    good = objects_rows([jpeg(64, 48)] * 2, [[[1, 1, 10, 10]]] * 2, [[0], [1]])
+    junk = objects_rows([b"junk"], [[[1, 1, 5, 5]]], [[0]])
+    source = save_splits(tmp_path / "src", {"train": good, "validation": junk}, objects_features())
+    with pytest.raises(StageInputError, match="no usable images"):
+        materialize(MaterializeRequest(str(source), f"s3://{bucket}/exports", workers=0), storage=storage)
+    assert storage.list_files(f"s3://{bucket}/exports") == []
+    # a run killed outright leaves files but no manifest: not an export, and removed by the next run
+    fingerprint = run(sample_dataset, tmp_path / "probe").fingerprint
+    leftover = f"s3://{bucket}/exports/{fingerprint}/images/train/99999999.jpg"
+    storage.write_bytes(leftover, b"half")
+    with pytest.raises(StageInputError, match="incomplete"):
+        read_manifest(f"s3://{bucket}/exports/{fingerprint}", storage)
+    result = materialize(MaterializeRequest(str(sample_dataset), f"s3://{bucket}/exports", workers=0), storage=storage)
+    assert not result.reused and not storage.exists(leftover)
+    assert len(storage.list_files(result.dataset_uri)) == read_manifest(result.dataset_uri, storage).files + 1
+
+
+# -- declared sizes and EXIF frames ----------------------------------------------------------------------
+
+
+def _sized_features() -> Any:
+    from datasets import Value
+
+    features = objects_features()
+    features["width"] = Value("int64")
+    features["height"] = Value("int64")
+    return features
+
+
+def _rotated_stored_jpeg() -> bytes:
+    """Stored 60x40 with a red 10x10 square at the stored top-left; EXIF 6 shows it 40x60, square top-right."""
+    stored = Image.new("RGB", (60, 40), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded(stored, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def _sized_dataset(path: Path, image: bytes, size: tuple[int, int], box: list[float]) -> Path:
+    cols = objects_rows([image, jpeg(40, 60)], [[box], [[1, 1, 5, 5]]], [[0], [1]])
+    cols["width"] = [size[0], 40]
+    cols["height"] = [size[1], 60]
+    return save_splits(path, {"train": cols, "validation": cols}, _sized_features())
+
+
+def test_boxes_on_the_stored_frame_of_an_exif_rotated_image_turn_with_the_pixels(tmp_path: Path) -> None:
+    source = _sized_dataset(tmp_path / "src", _rotated_stored_jpeg(), (60, 40), [0, 0, 10, 10])  # the square
+    result = run(source, tmp_path / "out")
+    ann = coco(result.dataset_uri, "train")
+    assert (ann["images"][0]["width"], ann["images"][0]["height"]) == (40, 60)
+    assert ann["annotations"][0]["bbox"] == [30.0, 0.0, 10.0, 10.0]  # where the square is once displayed
+    written = np.asarray(
+        Image.open(Path(result.dataset_uri, "images", "train", ann["images"][0]["file_name"])).convert("RGB")
+    )
+    assert written[5, 35, 0] > 200 and written[5, 35, 2] < 80  # red inside the turned box
+    assert written[5, 5, 2] > 200  # blue outside it
+    counted = report(result.dataset_uri)
+    assert counted["splits"]["train"]["corrections"] == {"boxes_rotated_with_exif": 1}
+    assert counted["corrections_total"] == {"boxes_rotated_with_exif": 2}
+    # the same rows, their sizes declared in the displayed frame: the boxes are already there
+    displayed = _sized_dataset(tmp_path / "src2", _rotated_stored_jpeg(), (40, 60), [30, 0, 10, 10])
+    again = run(displayed, tmp_path / "out")
+    assert coco(again.dataset_uri, "train")["annotations"][0]["bbox"] == [30.0, 0.0, 10.0, 10.0]
+    assert report(again.dataset_uri)["corrections_total"] == {}
+
+
+def test_stored_frame_rows_can_be_dropped_or_refused(tmp_path: Path) -> None:
+    source = _sized_dataset(tmp_path / "src", _rotated_stored_jpeg(), (60, 40), [0, 0, 10, 10])
+    dropped = run(source, tmp_path / "out", exif_stored_frame="drop")
+    train = report(dropped.dataset_uri)["splits"]["train"]
+    assert train["drops"] == {"boxes_in_stored_exif_frame": 1, "boxes_on_dropped_images": 1}
+    assert train["images"] == 1
+    with pytest.raises(StageInputError, match=r"row 0 of split 'train': its declared size width/height = 60x40"):
+        run(source, tmp_path / "out2", exif_stored_frame="error")
+    assert list((tmp_path / "out2").iterdir()) == []
+    with pytest.raises(StageInputError, match="exif_stored_frame must be one of rotate, drop, error"):
+        run(source, tmp_path / "out3", exif_stored_frame="ignore")
+
+
+def test_a_declared_size_that_disagrees_with_the_image_is_counted(tmp_path: Path) -> None:
+    source = _sized_dataset(tmp_path / "src", jpeg(60, 40), (100, 100), [1, 1, 10, 10])
+    result = run(source, tmp_path / "out")
+    ann = coco(result.dataset_uri, "train")
+    assert (ann["images"][0]["width"], ann["images"][0]["height"]) == (60, 40)  # the decoded size wins
+    assert report(result.dataset_uri)["splits"]["train"]["corrections"] == {"declared_size_mismatch": 1}
+    # ignored when told to, and names that do not exist are refused
+    quiet = run(source, tmp_path / "out2", schema={"width_column": None, "height_column": None})
+    assert report(quiet.dataset_uri)["corrections_total"] == {}
+    with pytest.raises(StageInputError, match=r"schema width_column='w'.*no such column"):
+        run(source, tmp_path / "out3", schema={"width_column": "w", "height_column": "h"})
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_turn_box_moves_a_box_as_exif_transpose_moves_the_pixels(orientation: int) -> None:
+    from PIL import ImageOps
+
+    from yolonas_pipeline.materialize_schema import turn_box
+
+    stored = Image.new("L", (60, 40), 0)
+    stored.paste(255, (5, 10, 25, 30))  # x 5..25, y 10..30
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(encoded(stored, "PNG", exif=exif.tobytes()))))
+    assert shown is not None
+    left, top, right, bottom = shown.getbbox() or (0, 0, 0, 0)
+    assert turn_box(5, 10, 25, 30, orientation, 60, 40) == (left, top, right, bottom)
+
+
+# -- plausibility of the box reading ------------------------------------------------------------------
+
+
+def _corner_boxes_dataset(path: Path) -> Path:
+    """objects.categories (the xywh preset's layout) holding corner (xyxy) boxes on 100x80 images, one of them
+    with a negative size, which read as xywh would become a valid box."""
+    boxes = [
+        [[50, 40, 90, 75]],
+        [[60, 10, 95, 50]],
+        [[10, 10, 30, 30], [40, 30, 80, 70]],
+        [[40, 60, 10, 20]],  # negative size as xyxy
+        [[55, 5, 85, 35]],
+    ]
+    images = [jpeg(100, 80, (i * 40, 90, 90)) for i in range(len(boxes))]
+    cols = objects_rows(images, boxes, [[i % 3 for i in range(len(b))] for b in boxes], key="categories")
+    return save_splits(path, {"train": cols, "validation": cols}, objects_features("categories"))
+
+
+def test_corner_boxes_under_an_xywh_preset_are_refused_naming_both_readings(tmp_path: Path) -> None:
+    source = _corner_boxes_dataset(tmp_path / "src")
+    with pytest.raises(StageInputError) as error:
+        run(source, tmp_path / "out")  # auto-detects objects_categories, an xywh preset
+    message = str(error.value)
+    for expected in (
+        "bbox_format 'xywh'",
+        "read as 'xyxy'",
+        "schema 'objects_categories'",
+        '{"preset": "objects_categories", "bbox_format": "xyxy"}',
+        "row 0: [50, 40, 90, 75] on a 100x80 image",
+        "6 boxes sampled from the first 5 rows of split 'train'",
+    ):
+        assert expected in message, expected
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    # the key it names: the export reads the boxes right, and the negative-size box is dropped with its image
+    result = run(source, tmp_path / "out", schema={"preset": "objects_categories", "bbox_format": "xyxy"})
+    ann = coco(result.dataset_uri, "train")
+    assert ann["annotations"][0]["bbox"] == [50.0, 40.0, 40.0, 35.0]
+    train = report(result.dataset_uri)["splits"]["train"]
+    assert train["drops"] == {"degenerate_box": 1, "all_boxes_dropped": 1}
+    checks = report(result.dataset_uri)["box_checks"]
+    assert checks["bbox_format"] == "xyxy" and checks["sampled_boxes"] == 6
+    assert checks["readings"]["xyxy"]["negative_size"] == 1 and checks["readings"]["xywh"]["outside_image"] == 4
+    # and the check can be turned off, for a dataset the user knows better
+    forced = run(source, tmp_path / "forced", check_boxes=False)
+    assert report(forced.dataset_uri)["box_checks"] is None
+
+
+def test_normalized_with_pixel_coordinates_is_refused(tmp_path: Path) -> None:
+    source = _one_box_dataset(tmp_path / "src", "top_level", AS_FORMAT[("xywh", False)])
+    with pytest.raises(StageInputError, match=r"normalized=true .* coordinates above 1, e\.g\. row 0: \[10, 20, 30"):
+        run(source, tmp_path / "out", schema={"preset": "top_level", "normalized": True})
+    with pytest.raises(StageInputError, match="Set the schema key normalized to false"):
+        run(source, tmp_path / "out", schema={"preset": "top_level", "normalized": True})
+
+
+def test_fractions_read_as_pixels_are_refused(tmp_path: Path) -> None:
+    source = _one_box_dataset(tmp_path / "src", "top_level", AS_FORMAT[("xywh", True)])
+    with pytest.raises(StageInputError, match=r"every coordinate .* lies in 0\.\.1.*normalized to true"):
+        run(source, tmp_path / "out", schema="top_level")
+
+
+def test_a_mapping_from_the_trigger_form_reads_a_layout_no_preset_matches(tmp_path: Path) -> None:
+    """Plain-integer categories in top-level boxes/labels columns: only a mapping can describe them."""
+    from datasets import Features, Sequence, Value
+    from datasets import Image as ImageFeature
+
+    from yolonas_pipeline.run_settings import TrainingSettings, form_params
+
+    features = Features(
+        {
+            "image": ImageFeature(),
+            "boxes": Sequence(Sequence(Value("float32"), length=4)),
+            "labels": Sequence(Value("int64")),
+        }
+    )
+    cols = {"image": [image_value(jpeg(100, 80))] * 2, "boxes": [[[10, 20, 30, 40]]] * 2, "labels": [[1], [0]]}
+    source = save_splits(tmp_path / "src", {"train": cols, "validation": cols}, features)
+    with pytest.raises(StageInputError, match="set the schema key class_names"):
+        run(source, tmp_path / "out", schema={"objects_column": None, "bbox_key": "boxes", "category_key": "labels"})
+    value = {"objects_column": None, "bbox_key": "boxes", "category_key": "labels", "class_names": ["cat", "dog"]}
+    form = form_params(TrainingSettings, TrainingSettings.validated({}, origin="test"))
+    settings = TrainingSettings.validated({"schema": form["schema"].resolve(value)}, origin="the form")
+    result = run(source, tmp_path / "out", schema=settings.schema_)
+    assert result.class_names == ["cat", "dog"] and result.class_histogram == {"cat": 2, "dog": 2}  # both splits
+    assert [a["bbox"] for a in coco(result.dataset_uri, "train")["annotations"]] == [EXPECTED, EXPECTED]
+
+
+def test_a_live_runs_staging_folder_is_left_alone(tmp_path: Path, sample_dataset: Path) -> None:
+    import socket
+
+    fingerprint = run(sample_dataset, tmp_path / "probe").fingerprint
+    out = tmp_path / "out"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        live, dead = out / f".incomplete-{fingerprint}-live-0", out / f".incomplete-{fingerprint}-dead-0"
+        for folder, pid in ((live, sleeper.pid), (dead, 2**22 + 1)):
+            folder.mkdir(parents=True)
+            (folder / ".owner").write_text(f"{socket.gethostname()} {pid}\n")
+        result = run(sample_dataset, out)
+        assert live.exists() and not dead.exists()  # a concurrent run of the same export may still finish
+        assert not Path(result.dataset_uri, ".owner").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -116,7 +116,7 @@ def test_the_form_is_generated_from_the_model() -> None:
     assert "1 to 300" in (epochs.description or "")
     assert params["input_size"].schema["multipleOf"] == 32
     assert params["checkpoint_sha256"].schema["type"] == ["null", "string"]
-    assert params["schema"].schema["enum"][0] is None
+    assert params["schema"].schema["type"] == ["null", "object", "string"]  # the form shows a JSON editor
     for key, param in params.items():
         param.resolve(param.value)  # every default is valid in the form's own schema
         assert param.schema.get("title") and param.schema.get("section"), key
@@ -125,3 +125,50 @@ def test_the_form_is_generated_from_the_model() -> None:
 def test_defaults_from_the_environment_are_checked() -> None:
     with pytest.raises(StageInputError, match=r"YOLONAS_TRAINING_DEFAULTS sets unknown field.*'epochz'"):
         defaults_with(TrainingSettings, {"epochz": 3}, origin="YOLONAS_TRAINING_DEFAULTS")
+
+
+MAPPING = {"objects_column": None, "bbox_key": "boxes", "category_key": "labels", "class_names": ["cat", "dog"]}
+
+
+@pytest.mark.parametrize(
+    "value", [None, "cppe5", "auto", {"preset": "objects_categories", "bbox_format": "xyxy"}, MAPPING]
+)
+def test_the_schema_field_takes_a_preset_or_a_mapping(value: Any) -> None:
+    params = form_params(TrainingSettings, defaults_with(TrainingSettings, {}, origin="test"))
+    schema = params["schema"]
+    assert schema.resolve(value) == value  # the form's own JSON schema accepts it
+    resolved = resolve(TrainingSettings, params={**DEFAULTS, "schema": value}, conf={"schema": value})
+    assert resolved.schema_ == value and resolved.to_xcom()["schema"] == value
+    assert TrainingSettings.parse_resolved(resolved.to_xcom()).schema_ == value
+    assert "e.g." in (schema.description or "") and '"class_names"' in (schema.description or "")
+
+
+@pytest.mark.parametrize(
+    ("value", "form_error", "settings_error"),
+    [
+        ("coco-ish", "is not one of", "known presets"),
+        ({"box": "x"}, "'box' was unexpected", "unknown schema keys"),
+        ({"normalized": "yes"}, "not valid under any", "normalized='yes'"),
+        ({"bbox_format": "ltrb"}, "is not one of", "bbox_format"),
+        ({"class_names": []}, "should be non-empty|is too short", "class_names"),
+        ({"image_column": None}, "is not of type 'string'", "image_column"),
+        (3, "is not of type", "schema"),
+    ],
+)
+def test_a_bad_schema_is_refused_by_the_form_and_by_the_settings(
+    value: Any, form_error: str, settings_error: str
+) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    schema = form_params(TrainingSettings, defaults_with(TrainingSettings, {}, origin="test"))["schema"]
+    with pytest.raises(ParamValidationError, match=form_error):
+        schema.resolve(value)
+    with pytest.raises(StageInputError, match=settings_error):
+        TrainingSettings.validated({"schema": value}, origin="test")
+
+
+def test_a_schema_mapping_reaches_the_retraining_run() -> None:
+    drift = DriftSettings.validated({"schema": MAPPING}, origin="test")
+    conf = drift.retraining_conf(dataset_revision=None)
+    assert conf["schema"] == MAPPING
+    assert resolve(TrainingSettings, params=DEFAULTS, conf={}, event=conf).schema_ == MAPPING
