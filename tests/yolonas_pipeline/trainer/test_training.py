@@ -37,7 +37,7 @@ def local_export(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     from yolonas_pipeline.materialize import MaterializeRequest, materialize
 
     out = tmp_path_factory.mktemp("export")
-    result = materialize(MaterializeRequest(str(sample_dataset), str(out), workers=1), storage=Storage(), log=print)
+    result = materialize(MaterializeRequest(str(sample_dataset), str(out), workers=1), storage=Storage())
     assert result.class_names == CLASS_NAMES
     return Path(result.dataset_uri)
 
@@ -94,7 +94,7 @@ def resumed_run(
     bucket = moto_s3.new_bucket()
     storage = Storage(moto_s3.client)
     dataset = materialize(
-        MaterializeRequest(str(sample_dataset), f"s3://{bucket}/datasets", workers=1), storage=storage, log=print
+        MaterializeRequest(str(sample_dataset), f"s3://{bucket}/datasets", workers=1), storage=storage
     )
     request = TrainRequest(
         dataset_uri=dataset.dataset_uri,

@@ -54,7 +54,6 @@ def trained_model(base_temp: Path, sample_dataset: Path, trainer_python: Path) -
     result = materialize(
         MaterializeRequest(source=str(sample_dataset), output_uri=str(root / "datasets"), workers=1),
         storage=Storage(),
-        log=lambda _: None,
     )
     output = root / "train"
     argv = [
