@@ -27,6 +27,10 @@ class MaterializeDatasetOperator(BaseOperator):
     :param split_map: output split name -> source split name. (templated)
     :param validation_fraction: share of train held out when the source has no validation split.
     :param max_side: downscale images so their longest side is at most this many pixels. (templated)
+    :param keep_emptied_images: keep an image whose every box was dropped, as a background image.
+    :param exif_stored_frame: boxes drawn on the stored pixels of an EXIF-rotated image (its declared size is
+        the stored frame): ``rotate`` them with the pixels, ``drop`` the row, or ``error``.
+    :param check_boxes: refuse a box reading that another bbox format or ``normalized`` explains better.
     :param aws_conn_id: Airflow connection for S3.
     """
 
@@ -44,6 +48,9 @@ class MaterializeDatasetOperator(BaseOperator):
         seed: int = 0,
         max_side: int | None = None,
         streaming: bool = False,
+        keep_emptied_images: bool = False,
+        exif_stored_frame: str = "rotate",
+        check_boxes: bool = True,
         aws_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -58,6 +65,9 @@ class MaterializeDatasetOperator(BaseOperator):
         self.seed = seed
         self.max_side = max_side
         self.streaming = streaming
+        self.keep_emptied_images = keep_emptied_images
+        self.exif_stored_frame = exif_stored_frame
+        self.check_boxes = check_boxes
         self.aws_conn_id = aws_conn_id or config.aws_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -72,6 +82,9 @@ class MaterializeDatasetOperator(BaseOperator):
                 seed=self.seed,
                 max_side=self.max_side,
                 streaming=self.streaming,
+                keep_emptied_images=self.keep_emptied_images,
+                exif_stored_frame=self.exif_stored_frame,
+                check_boxes=self.check_boxes,
             )
             export = materialize(request, storage=storage_for(self.aws_conn_id))
         extra: dict[str, Any] = {
