@@ -126,7 +126,11 @@ def test_config_comes_from_a_mapping_and_names_what_is_wrong() -> None:
         ({"smoothing": "lots"}, r"smoothing='lots' is refused .*accepted: a finite number >= 0"),
         ({"splits": "train"}, r"splits='train' is refused \(input should be a valid list\)"),
         ({"features": ["image_size", "colour"]}, r"drift features name unknown feature 'colour'"),
-        ({"threshold": 0.2}, r"unknown drift setting\(s\) \['threshold'\]; accepted: brightness_sample, "),
+        ({"threshold": 0.2}, r"unknown drift setting\(s\) \['threshold'\]; accepted: alpha, brightness_sample, "),
+        ({"decision": "vote"}, r"drift decision='vote' is refused .*accepted: one of test, threshold"),
+        ({"alpha": 1}, r"drift alpha=1 is refused .*accepted: a number > 0 and < 1"),
+        ({"correction": "sidak"}, r"drift correction='sidak' is refused .*accepted: one of holm, bonferroni, none"),
+        ({"permutations": 10}, r"drift permutations=10 is refused .*accepted: an integer from 99 to 100000"),
         (["metric"], r"drift settings must be an object"),
     ]
     for values, message in bad:
