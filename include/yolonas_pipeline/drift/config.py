@@ -7,10 +7,11 @@ rules as a JSON schema for the trigger form's Param.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from yolonas_pipeline.drift.features import FEATURE_NAMES, FeatureName
@@ -128,6 +129,21 @@ class DriftConfig(BaseModel):
             return None  # an empty list: every split, as before
         return value
 
+    @model_validator(mode="after")
+    def _test_can_reach_alpha(self) -> DriftConfig:
+        # the smallest adjusted p-value is (features judged) / (1 + permutations) under Holm or Bonferroni
+        if self.decision != "test":
+            return self
+        judged = len(FEATURE_NAMES) if self.features is None else len(self.features)
+        family = max(1, judged) if self.correction != "none" else 1
+        if family / (1 + self.permutations) > self.alpha:
+            needed = max(1, math.ceil(family / self.alpha) - 1)
+            raise ValueError(
+                f"permutations={self.permutations} cannot reach alpha {self.alpha:g} over {family} feature(s): "
+                f"the smallest p-value is {family}/(1 + permutations); use at least {needed} permutations"
+            )
+        return self
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | DriftConfig | None) -> DriftConfig:
         """Validate ``values`` (None or {}: the defaults); a :class:`StageInputError` names each bad setting."""
@@ -205,7 +221,10 @@ def _describe(error: ValidationError) -> str:
 
 
 def _problem(item: ErrorDetails, loc: tuple[int | str, ...]) -> str:
-    setting = str(loc[0]) if loc else "(settings)"
+    if not loc:  # a rule across settings
+        message = item["msg"].removeprefix("Value error, ")
+        return f"drift settings refused: {message}"
+    setting = str(loc[0])
     value = item.get("input")
     if setting in ("thresholds", "features") and item["type"] == "literal_error":
         # a key of thresholds or an item of features that is not a feature

@@ -243,13 +243,19 @@ def _p(value: float | None) -> str:
     return "-" if value is None else (f"{value:.3g}" if value >= 0.001 else f"{value:.1e}")
 
 
+def _varies(feature: FeatureDrift) -> bool:
+    return sum(1 for r, c in zip(feature.reference, feature.current, strict=True) if r + c > 0) > 1
+
+
 def _judge(features: dict[str, FeatureDrift], config: DriftConfig) -> dict[str, FeatureDrift]:
     """Settle each judged feature's status: the threshold alone, or the threshold and the adjusted p-value."""
     metric = config.metric.upper()
     judged = [name for name, f in features.items() if f.status == "stable" and f.score is not None]
     adjusted: dict[str, float] = {}
     if config.decision == "test":
-        tested = [name for name in judged if features[name].p_value is not None]
+        # a feature whose pooled observations all lie in one bin cannot be told apart (p = 1 whatever happens):
+        # it is left out of the family, as the test conditions on the pooled histogram anyway
+        tested = [name for name in judged if features[name].p_value is not None and _varies(features[name])]
         raw = [float(features[name].p_value or 0.0) for name in tested]
         adjusted = dict(zip(tested, adjust(raw, config.correction), strict=True))
     out = dict(features)
@@ -264,6 +270,10 @@ def _judge(features: dict[str, FeatureDrift], config: DriftConfig) -> dict[str, 
         if config.decision != "test":
             status: FeatureStatus = "drifted" if large else "stable"
             out[name] = f.model_copy(update={"status": status, "why": effect})
+            continue
+        if name not in adjusted:
+            why = f"{effect}; every observation in one bin on both sides: nothing to tell apart"
+            out[name] = f.model_copy(update={"status": "stable", "why": why, "p_adjusted": 1.0})
             continue
         p_adj = adjusted[name]
         noise = p_adj > config.alpha
