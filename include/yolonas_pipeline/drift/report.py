@@ -127,7 +127,17 @@ def _panel(ax: Axes, feature: FeatureDrift, metric: str, *, has_reference: bool)
         note = f"n {feature.reference_total} vs {feature.current_total}"
         if feature.why:
             note += "\n" + textwrap.fill(feature.why, WHY_WIDTH)
-        ax.text(0.01, 0.98, note, transform=ax.transAxes, fontsize=6.5, va="top", ha="left", color=colour)
+        ax.text(
+            0.01,
+            0.98,
+            note,
+            transform=ax.transAxes,
+            fontsize=6.5,
+            va="top",
+            ha="left",
+            color=colour,
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5},
+        )
     bins = len(feature.labels)
     positions = list(range(bins))
     width = 0.4 if has_reference else 0.6
