@@ -31,7 +31,7 @@ Shifts of the current side (the reference side is never touched):
 Usage (from the repository root, in the Airflow venv)::
 
     PYTHONPATH=include .venvs/airflow/bin/python bench/drift_detector.py [--sizes 50 200 1000] [--pairs 100]
-        [--permutations 999] [--json out.json]
+        [--permutations 999] [--settings '{"thresholds": {"class_balance": 0.04}}'] [--json out.json]
 """
 
 from __future__ import annotations
@@ -165,10 +165,14 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def run(sizes: Sequence[int], pairs: int, permutations: int, seed: int) -> dict[str, Any]:
+def run(
+    sizes: Sequence[int], pairs: int, permutations: int, seed: int, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Both rules on the same pairs; ``settings`` (drift settings) apply to both, the decision aside."""
+    settings = {k: v for k, v in (settings or {}).items() if k != "decision"}
     detectors = {
-        "threshold": DriftConfig(decision="threshold"),
-        "test": DriftConfig(decision="test", permutations=permutations),
+        "threshold": DriftConfig.from_mapping({**settings, "decision": "threshold"}),
+        "test": DriftConfig.from_mapping({"permutations": permutations, **settings, "decision": "test"}),
     }
     cases = ["same", *SHIFTS]
     results: dict[str, Any] = {}
@@ -210,6 +214,7 @@ def run(sizes: Sequence[int], pairs: int, permutations: int, seed: int) -> dict[
         "pairs": pairs,
         "permutations": permutations,
         "seed": seed,
+        "settings": settings,
         "machine": f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}".strip(),
         "results": results,
     }
@@ -237,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=100, help="pairs per size (each also shifted every way)")
     parser.add_argument("--permutations", type=int, default=DriftConfig().permutations)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--settings",
+        type=json.loads,
+        default={},
+        help='drift settings for both rules, e.g. \'{"thresholds": {"class_balance": 0.04}}\'',
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    summary = run(args.sizes, args.pairs, args.permutations, args.seed)
+    summary = run(args.sizes, args.pairs, args.permutations, args.seed, args.settings)
     print(table(summary))
     for size, result in summary["results"].items():
         low, high = result["false_alarm_95"]["test"]
