@@ -350,8 +350,9 @@ class DriftSettings(DatasetFields):
         json_schema_extra=_form(
             "Drift settings",
             "Drift",
-            'e.g. {"metric": "psi", "thresholds": {"class_balance": 0.1}, "default_threshold": 0.25}; features: '
-            f"{', '.join(FEATURES)}. Empty: PSI, threshold 0.2 each.",
+            'e.g. {"metric": "psi", "thresholds": {"class_balance": 0.1}, "default_threshold": 0.25, "alpha": 0.05}; '
+            f"features: {', '.join(FEATURES)}. Empty: a feature drifts when its PSI is over 0.2 and a permutation "
+            "test says the change is not noise (Holm-adjusted p <= alpha 0.05); decision threshold: PSI alone.",
             # The form validates the object with the drift stage's own schema.
             **DriftConfig.form_schema(),
         ),

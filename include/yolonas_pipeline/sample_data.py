@@ -15,6 +15,7 @@ import io
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,64 @@ def _place_boxes(rng: Any, width: int, height: int, count: int) -> list[tuple[in
     return boxes
 
 
+def _draw_objects(rng: Any, index: int, width: int, height: int) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+    """One image's boxes (x, y, w, h) and their classes: one to three, the first cycling through the classes."""
+    count = int(rng.integers(1, 4))
+    boxes = _place_boxes(rng, width, height, count)
+    # the first object cycles through the classes so that every class appears in small datasets
+    categories = [index % len(CLASS_NAMES)] + [int(c) for c in rng.integers(0, len(CLASS_NAMES), len(boxes) - 1)]
+    return boxes, categories
+
+
+def luma(colour: tuple[float, float, float]) -> float:
+    """ITU-R 601 luma of an RGB colour, as PIL's ``convert("L")`` computes it."""
+    red, green, blue = colour
+    return 0.299 * red + 0.587 * green + 0.114 * blue
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """What one sample image holds, without its pixels: background level, boxes (x, y, w, h) and classes."""
+
+    width: int
+    height: int
+    background: int
+    boxes: tuple[tuple[int, int, int, int], ...]
+    categories: tuple[int, ...]
+
+    @property
+    def mean_luma(self) -> float:
+        """The image's expected mean luma: the grey background, with each box's area in its class colour.
+
+        The generator's pixel noise (mean 0, sd 8 per pixel) moves an image's mean by about 8 / sqrt(pixels),
+        under 0.02 levels at 320x240, and is left out.
+        """
+        total = float(self.width * self.height)
+        level = float(self.background)
+        for (_, _, w, h), category in zip(self.boxes, self.categories, strict=True):
+            level += (w * h / total) * (luma(CLASS_COLOURS[category]) - self.background)
+        return level
+
+
+def sample_layouts(num_images: int, seed: int, *, image_size: tuple[int, int] = (320, 240)) -> list[ImageLayout]:
+    """``num_images`` image layouts drawn as :func:`make_sample_dataset` draws them, without pixels or JPEGs.
+
+    The same distribution (background level, box count, sizes, positions and classes), from one generator
+    seeded with ``seed`` and no pixel noise drawn, so not the very images ``make_sample_dataset`` writes for
+    that seed: for drawing many datasets quickly (the drift benchmark).
+    """
+    import numpy as np
+
+    width, height = int(image_size[0]), int(image_size[1])
+    rng = np.random.default_rng([seed, num_images, 17])
+    layouts: list[ImageLayout] = []
+    for index in range(num_images):
+        background = int(rng.integers(100, 150))
+        boxes, categories = _draw_objects(rng, index, width, height)
+        layouts.append(ImageLayout(width, height, background, tuple(boxes), tuple(categories)))
+    return layouts
+
+
 def _rows(indices: list[int], num_images: int, seed: int, width: int, height: int) -> Iterator[dict[str, Any]]:
     import numpy as np
     from PIL import Image as PILImage
@@ -79,10 +138,7 @@ def _rows(indices: list[int], num_images: int, seed: int, width: int, height: in
         background = rng.integers(100, 150)
         noise = rng.normal(0.0, 8.0, size=(height, width, 3))
         pixels = np.clip(background + noise, 0, 255).astype(np.uint8)
-        count = int(rng.integers(1, 4))
-        boxes = _place_boxes(rng, width, height, count)
-        # the first object cycles through the classes so that every class appears in small datasets
-        categories = [index % len(CLASS_NAMES)] + [int(c) for c in rng.integers(0, len(CLASS_NAMES), len(boxes) - 1)]
+        boxes, categories = _draw_objects(rng, index, width, height)
         for (x, y, w, h), category in zip(boxes, categories, strict=True):
             pixels[y : y + h, x : x + w] = CLASS_COLOURS[category]
         buffer = io.BytesIO()

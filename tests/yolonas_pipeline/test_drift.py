@@ -126,7 +126,11 @@ def test_config_comes_from_a_mapping_and_names_what_is_wrong() -> None:
         ({"smoothing": "lots"}, r"smoothing='lots' is refused .*accepted: a finite number >= 0"),
         ({"splits": "train"}, r"splits='train' is refused \(input should be a valid list\)"),
         ({"features": ["image_size", "colour"]}, r"drift features name unknown feature 'colour'"),
-        ({"threshold": 0.2}, r"unknown drift setting\(s\) \['threshold'\]; accepted: brightness_sample, "),
+        ({"threshold": 0.2}, r"unknown drift setting\(s\) \['threshold'\]; accepted: alpha, brightness_sample, "),
+        ({"decision": "vote"}, r"drift decision='vote' is refused .*accepted: one of test, threshold"),
+        ({"alpha": 1}, r"drift alpha=1 is refused .*accepted: a number > 0 and < 1"),
+        ({"correction": "sidak"}, r"drift correction='sidak' is refused .*accepted: one of holm, bonferroni, none"),
+        ({"permutations": 10}, r"drift permutations=10 is refused .*accepted: an integer from 99 to 100000"),
         (["metric"], r"drift settings must be an object"),
     ]
     for values, message in bad:
@@ -336,6 +340,144 @@ def test_without_a_reference_the_policy_decides_and_the_reason_says_so(
     assert report.reference is None and report.scores == dict.fromkeys(FEATURES)
 
 
+# -- the decision: significance and effect size ----------------------------------------------------------
+
+
+def constructed(base: drift.DatasetProfile, name: str, **counts: list[int]) -> drift.DatasetProfile:
+    """``base`` with some features' counts replaced (labels kept, or numbered for a new bin count)."""
+    features = dict(base.features)
+    for feature, values in counts.items():
+        labels = list(base.features[feature].labels)
+        if len(labels) != len(values):
+            labels = [f"bin{i}" for i in range(len(values))]
+        features[feature] = drift.FeatureHistogram(labels=labels, counts=values, summary={})
+    return base.model_copy(update={"features": features, "fingerprint": name, "dataset_uri": f"constructed://{name}"})
+
+
+def test_permutation_p_values_tell_noise_from_a_shift() -> None:
+    from yolonas_pipeline.drift.significance import permutation_test
+
+    # the same shape: the p-value is large, for counts and for class shares alike
+    for categorical in (True, False):
+        statistic, p = permutation_test([30, 40, 30], [28, 44, 28], categorical=categorical)
+        assert statistic > 0 and p > 0.5
+        _, p = permutation_test([100, 100, 100, 100], [160, 80, 80, 80], categorical=categorical)
+        assert p <= 0.002  # the smallest value 999 permutations can give is 0.001
+    # reproducible: the seed comes from the counts
+    assert permutation_test([5, 9, 3], [7, 2, 8], categorical=False) == permutation_test(
+        [5, 9, 3], [7, 2, 8], categorical=False
+    )
+    # nothing to tell apart: one occupied bin, or an empty side
+    assert permutation_test([0, 50, 0], [0, 20, 0], categorical=False)[1] == 1.0
+    assert permutation_test([0, 0], [3, 4], categorical=True)[1] == 1.0
+    _, p = permutation_test([10, 10], [10, 10], categorical=True, permutations=99)
+    assert 0.01 <= p <= 1.0
+    with pytest.raises(ValueError, match="same, non-zero number of bins"):
+        permutation_test([1], [1, 2], categorical=True)
+
+
+def test_the_p_value_is_calibrated_under_the_null() -> None:
+    """Same-distribution histograms: p <= 0.1 at most about 10 % of the time, for both statistics."""
+    import numpy as np
+
+    from yolonas_pipeline.drift.significance import permutation_test
+
+    rng = np.random.default_rng(7)
+    shares = [0.1, 0.3, 0.4, 0.15, 0.05]
+    for categorical in (True, False):
+        p_values = [
+            permutation_test(
+                list(rng.multinomial(40, shares)),
+                list(rng.multinomial(60, shares)),
+                categorical=categorical,
+                permutations=199,
+            )[1]
+            for _ in range(600)
+        ]
+        rate = sum(p <= 0.1 for p in p_values) / len(p_values)
+        # valid (not above 10 % beyond noise); KS on 5 ordered bins is discrete, so somewhat conservative
+        assert (0.06 if categorical else 0.04) <= rate <= 0.13, (categorical, rate)
+
+
+def test_holm_and_bonferroni_adjust_as_defined() -> None:
+    from yolonas_pipeline.drift.significance import adjust
+
+    p = [0.01, 0.04, 0.03, 0.5]
+    assert adjust(p, "bonferroni") == pytest.approx([0.04, 0.16, 0.12, 1.0])
+    # Holm: sorted 0.01*4, 0.03*3, 0.04*2 (monotone: 0.09), 0.5*1
+    assert adjust(p, "holm") == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert adjust(p, "none") == p and adjust([], "holm") == []
+
+
+def test_noise_in_a_small_dataset_passes_the_test_but_not_the_old_threshold(
+    profiles: dict[str, drift.DatasetProfile],
+) -> None:
+    base = profiles["base"]
+    # 48 vs 48 images whose box counts differ by chance: PSI over 0.2, but a permutation test finds it ordinary
+    reference = constructed(base, "ref", boxes_per_image=[0, 12, 20, 16] + [0] * 13)
+    current = constructed(base, "cur", boxes_per_image=[0, 21, 10, 17] + [0] * 13)
+    old = compare_profiles(reference, current, DriftConfig(decision="threshold"))
+    assert old.drifted and old.drifted_features == ["boxes_per_image"]  # today's rule: a false alarm
+    report = compare_profiles(reference, current)
+    feature = report.features["boxes_per_image"]
+    assert feature.score is not None and feature.score > feature.threshold
+    assert feature.p_value is not None and feature.p_adjusted is not None and feature.p_adjusted > 0.05
+    assert feature.test == "ks" and (feature.reference_total, feature.current_total) == (48, 48)
+    assert not report.drifted and feature.status == "stable"
+    assert "but p " in feature.why and "within sampling noise for 48 vs 48 observations" in feature.why
+    assert report.reason.startswith("no feature drifted: boxes_per_image PSI ")
+    assert "(noise for 48 vs 48 observations)" in report.reason
+
+
+def test_a_real_shift_is_flagged_with_its_p_value(profiles: dict[str, drift.DatasetProfile]) -> None:
+    base = profiles["base"]
+    reference = constructed(base, "ref", class_balance=[100, 100, 100, 100, 100])
+    current = constructed(base, "cur", class_balance=[250, 63, 62, 63, 62])
+    report = compare_profiles(reference, current)
+    feature = report.features["class_balance"]
+    assert report.drifted and report.drifted_features == ["class_balance"]
+    assert feature.test == "chi2" and feature.statistic is not None and feature.statistic > 50
+    assert feature.p_adjusted is not None and feature.p_adjusted <= 0.05
+    assert feature.why.startswith("PSI ") and "a real change that matters (500 vs 500 observations)" in feature.why
+    assert report.reason.startswith("drift in class_balance (PSI ") and ", p " in report.reason
+    assert (report.decision, report.alpha, report.correction) == ("test", 0.05, "holm")
+    # the adjusted p-value is Holm's over the features that vary (image_size, one bin on both sides, does not)
+    assert "Holm over 5" in feature.why
+    assert "nothing to tell apart" in report.features["image_size"].why
+
+
+def test_a_tiny_but_significant_shift_is_not_drift(profiles: dict[str, drift.DatasetProfile]) -> None:
+    base = profiles["base"]
+    reference = constructed(base, "ref", class_balance=[20_000] * 5)
+    current = constructed(base, "cur", class_balance=[21_500, 19_625, 19_625, 19_625, 19_625])
+    report = compare_profiles(reference, current)
+    feature = report.features["class_balance"]
+    assert feature.p_adjusted is not None and feature.p_adjusted <= 0.05  # certainly not noise ...
+    assert feature.score is not None and feature.score < 0.01  # ... but far below PSI 0.2
+    assert not report.drifted and feature.status == "stable"
+    assert "a real change too small to matter" in feature.why
+    assert report.reason.startswith("no feature over its threshold")
+
+
+def test_the_decision_settings_are_validated_together() -> None:
+    assert DriftConfig().decision == "test" and DriftConfig().alpha == 0.05 and DriftConfig().permutations == 999
+    with pytest.raises(StageInputError, match=r"drift settings refused: permutations=99 cannot reach alpha 0.05"):
+        DriftConfig.from_mapping({"permutations": 99})
+    assert DriftConfig.from_mapping({"permutations": 99, "correction": "none"}).permutations == 99
+    assert DriftConfig.from_mapping({"permutations": 99, "features": ["box_area"]}).permutations == 99
+    assert DriftConfig.from_mapping({"alpha": 0.001, "decision": "threshold"}).alpha == 0.001
+    schema = DriftConfig.form_schema()["properties"]
+    assert schema["alpha"]["default"] == 0.05 and schema["decision"]["enum"] == ["test", "threshold"]
+    assert schema["correction"]["enum"] == ["holm", "bonferroni", "none"]
+
+
+def test_the_threshold_rule_reports_no_p_values(profiles: dict[str, drift.DatasetProfile]) -> None:
+    report = compare_profiles(profiles["base"], profiles["shifted"], DriftConfig(decision="threshold"))
+    assert report.drifted and report.decision == "threshold" and report.alpha is None
+    assert all(f.p_value is None and f.test is None for f in report.features.values())
+    assert report.features["class_balance"].why.startswith("PSI ")
+
+
 # -- the report ------------------------------------------------------------------------------------------
 
 
@@ -358,6 +500,11 @@ def test_the_report_is_json_plus_a_png(
     assert payload["champion"] == {"run_id": "run1"} and payload["config"] == DriftConfig().to_dict()
     assert set(payload["features"]) == set(FEATURES) and set(payload["scores"]) == set(FEATURES)
     feature = payload["features"]["class_balance"]
+    assert payload["decision"] == "test" and payload["alpha"] == 0.05 and payload["correction"] == "holm"
+    assert feature["p_adjusted"] <= 0.05 and feature["test"] == "chi2" and "a real change" in feature["why"]
+    assert (
+        feature["reference_total"] == profiles["base"].boxes and feature["current_total"] == profiles["shifted"].boxes
+    )
     assert feature["labels"] == ["Coverall", "Face_Shield", "Gloves", "Goggles", "Mask"]
     assert sum(feature["current"]) == profiles["shifted"].boxes
     png = Path(png_uri).read_bytes()

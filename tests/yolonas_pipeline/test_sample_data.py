@@ -73,3 +73,23 @@ def test_cli_and_bad_arguments(tmp_path: Path) -> None:
         make_sample_dataset(tmp_path / "x", num_images=1)
     with pytest.raises(ValueError, match="image_size"):
         make_sample_dataset(tmp_path / "x", image_size=(8, 8))
+
+
+def test_layouts_are_drawn_as_the_images_are() -> None:
+    """``sample_layouts`` (the drift benchmark's draw): the generator's box counts, sizes and classes, and a
+    mean luma within a level of what the written image decodes to."""
+    from yolonas_pipeline.sample_data import ImageLayout, _rows, sample_layouts
+
+    layouts = sample_layouts(400, seed=5)
+    assert layouts == sample_layouts(400, seed=5) and layouts != sample_layouts(400, seed=6)
+    assert {len(layout.boxes) for layout in layouts} == {1, 2, 3}
+    assert all(48 <= w <= 128 and 36 <= h <= 96 for layout in layouts for _, _, w, h in layout.boxes)
+    assert [layout.categories[0] for layout in layouts[:10]] == [i % len(CLASS_NAMES) for i in range(10)]
+    assert all(100 <= layout.background < 150 for layout in layouts)
+    for row in _rows(list(range(6)), 6, 3, 320, 240):
+        background = int(np.random.default_rng([3, row["image_id"]]).integers(100, 150))
+        boxes = tuple(tuple(int(v) for v in box) for box in row["objects"]["bbox"])
+        layout = ImageLayout(320, 240, background, boxes, tuple(row["objects"]["category"]))  # type: ignore[arg-type]
+        with Image.open(io.BytesIO(row["image"]["bytes"])) as image:
+            decoded = float(np.asarray(image.convert("L"), dtype=np.float64).mean())
+        assert layout.mean_luma == pytest.approx(decoded, abs=1.0)

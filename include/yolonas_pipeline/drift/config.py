@@ -7,17 +7,21 @@ rules as a JSON schema for the trigger form's Param.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from yolonas_pipeline.drift.features import FEATURE_NAMES, FeatureName
+from yolonas_pipeline.drift.significance import CORRECTIONS, Correction
 from yolonas_pipeline.errors import StageInputError
 
 Metric = Literal["psi", "js"]
 METRICS: tuple[Metric, ...] = get_args(Metric)
+Decision = Literal["test", "threshold"]
+DECISIONS: tuple[Decision, ...] = get_args(Decision)
 #: PSI above 0.2 is the usual "significant shift"; a JS divergence of 0.1 is of the same order.
 DEFAULT_THRESHOLDS: dict[str, float] = {"psi": 0.2, "js": 0.1}
 
@@ -36,14 +40,22 @@ _ACCEPTED: dict[str, str] = {
     "splits": "a list of split names, or null for every split of the export",
     "smoothing": "a finite number >= 0",
     "features": f"a list of feature names, or null for all; features: {_FEATURE_LIST}",
+    "decision": f"one of {', '.join(DECISIONS)}",
+    "alpha": "a number > 0 and < 1",
+    "correction": f"one of {', '.join(CORRECTIONS)}",
+    "permutations": "an integer from 99 to 100000",
 }
 
 
 class DriftConfig(BaseModel):
     """What counts as drift. Built from a mapping (DAG param, ``YOLONAS_DRIFT_CONFIG``) by :meth:`from_mapping`.
 
-    Both metrics are always reported; ``metric`` is the one compared with the thresholds. A feature drifts when
-    its score exceeds its threshold; the dataset drifts when any judged feature does.
+    Both metrics are always reported; ``metric`` is the one compared with the thresholds. With
+    ``decision="test"`` (the default) a feature drifts when its score exceeds its threshold (the change is large
+    enough to matter) *and* a permutation test on its two histograms finds the change unlikely to be sampling
+    noise: its p-value, adjusted for the number of features judged (``correction``), is at most ``alpha``.
+    ``decision="threshold"`` is the rule before the test: the score against the threshold alone. The dataset
+    drifts when any judged feature does.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="Drift settings")
@@ -83,6 +95,28 @@ class DriftConfig(BaseModel):
         description="Features judged; the others are still reported. null: all.",
     )
 
+    decision: Decision = Field(
+        default="test",
+        description="test: a feature drifts when its score is over its threshold and a permutation test says the "
+        "change is not sampling noise (p-value <= alpha after the correction); threshold: the score alone decides "
+        "(the rule before the test; small datasets raise false alarms).",
+    )
+    alpha: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = Field(
+        default=0.05,
+        description="Significance level: the chance that a same-distribution dataset is judged drifted, over all "
+        "judged features together (decision test).",
+    )
+    correction: Correction = Field(
+        default="holm",
+        description="How the features' p-values are corrected for being judged together: holm (step-down), "
+        "bonferroni, or none (alpha per feature).",
+    )
+    permutations: Annotated[int, Field(ge=99, le=100_000, strict=True)] = Field(
+        default=999,
+        description="Random re-deals of the pooled observations per feature test; the smallest p-value is "
+        "1 / (1 + permutations).",
+    )
+
     @field_validator("thresholds", mode="before")
     @classmethod
     def _no_thresholds(cls, value: Any) -> Any:
@@ -94,6 +128,21 @@ class DriftConfig(BaseModel):
         if isinstance(value, list | tuple) and not value:
             return None  # an empty list: every split, as before
         return value
+
+    @model_validator(mode="after")
+    def _test_can_reach_alpha(self) -> DriftConfig:
+        # the smallest adjusted p-value is (features judged) / (1 + permutations) under Holm or Bonferroni
+        if self.decision != "test":
+            return self
+        judged = len(FEATURE_NAMES) if self.features is None else len(self.features)
+        family = max(1, judged) if self.correction != "none" else 1
+        if family / (1 + self.permutations) > self.alpha:
+            needed = max(1, math.ceil(family / self.alpha) - 1)
+            raise ValueError(
+                f"permutations={self.permutations} cannot reach alpha {self.alpha:g} over {family} feature(s): "
+                f"the smallest p-value is {family}/(1 + permutations); use at least {needed} permutations"
+            )
+        return self
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | DriftConfig | None) -> DriftConfig:
@@ -172,7 +221,10 @@ def _describe(error: ValidationError) -> str:
 
 
 def _problem(item: ErrorDetails, loc: tuple[int | str, ...]) -> str:
-    setting = str(loc[0]) if loc else "(settings)"
+    if not loc:  # a rule across settings
+        message = item["msg"].removeprefix("Value error, ")
+        return f"drift settings refused: {message}"
+    setting = str(loc[0])
     value = item.get("input")
     if setting in ("thresholds", "features") and item["type"] == "literal_error":
         # a key of thresholds or an item of features that is not a feature

@@ -145,6 +145,16 @@ class _Histograms:
         )
 
 
+def feature_histogram(name: str, values: Sequence[float]) -> FeatureHistogram:
+    """The histogram of an ordered feature (not ``class_balance``) from raw values, as a profile bins them."""
+    if FEATURES[name].categorical:
+        raise ValueError(f"{name} is categorical: build its FeatureHistogram from class counts")
+    hist = _Histograms()
+    for value in values:
+        hist.add(name, value)
+    return hist.histogram(name)
+
+
 def _profile(dataset_uri: str, manifest: DatasetManifest, config: DriftConfig, storage: Storage) -> DatasetProfile:
     available = list(manifest.splits)
     splits = list(config.splits) if config.splits else available

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,11 @@ DPI = 100
 COLUMNS = 2
 #: Inches per panel (width, height) and for the title above them.
 PANEL = (6.0, 3.3)
-HEADER = 1.0
+HEADER = 1.3
 #: At most this many bin labels on an x axis; with more bins every k-th one is labelled.
 MAX_TICKS = 24
+#: Characters per line of a panel's reason.
+WHY_WIDTH = 70
 
 REFERENCE_COLOUR = "#5a78c8"
 CURRENT_COLOUR = "#eb8232"
@@ -77,8 +80,15 @@ def render_figure(report: DriftReport) -> Figure:
     figure = Figure(figsize=(PANEL[0] * COLUMNS, HEADER + PANEL[1] * rows), layout="constrained")
     verdict = "DRIFT" if report.drifted else "no drift"
     reference = report.reference["fingerprint"] if report.reference else "none (no champion)"
+    if report.decision == "test":
+        rule = (
+            f"drift = {report.metric.upper()} over its threshold and p <= alpha {report.alpha:g} "
+            f"({report.correction}-adjusted permutation test)"
+        )
+    else:
+        rule = f"drift = {report.metric.upper()} over its threshold (no significance test)"
     figure.suptitle(
-        f"Drift report: {verdict}\nreference {reference}   current {report.current['fingerprint']}",
+        f"Drift report: {verdict}\nreference {reference}   current {report.current['fingerprint']}\n{rule}",
         color=DRIFT_COLOUR if report.drifted else OK_COLOUR,
         fontsize=13,
     )
@@ -105,12 +115,29 @@ def _panel(ax: Axes, feature: FeatureDrift, metric: str, *, has_reference: bool)
     colour = {"drifted": DRIFT_COLOUR, "stable": OK_COLOUR}.get(feature.status, GREY)
     score = "-" if feature.score is None else f"{feature.score:.3f}"
     ax.set_title(feature.title, loc="left", fontsize=10)
+    p_value = "" if feature.p_adjusted is None else f"  p {_p(feature.p_adjusted)}"
     ax.set_title(
-        f"{metric.upper()} {score} / {feature.threshold:g}  {feature.status.replace('_', ' ')}",
+        f"{metric.upper()} {score} / {feature.threshold:g}{p_value}  {feature.status.replace('_', ' ')}",
         loc="right",
         fontsize=9,
         color=colour,
     )
+    if has_reference:
+        # the counts behind both histograms and the verdict's reason, in the panel's top-left corner
+        note = f"n {feature.reference_total} vs {feature.current_total}"
+        if feature.why:
+            note += "\n" + textwrap.fill(feature.why, WHY_WIDTH)
+        ax.text(
+            0.01,
+            0.98,
+            note,
+            transform=ax.transAxes,
+            fontsize=6.5,
+            va="top",
+            ha="left",
+            color=colour,
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.5},
+        )
     bins = len(feature.labels)
     positions = list(range(bins))
     width = 0.4 if has_reference else 0.6
@@ -138,6 +165,10 @@ def _ticks(feature: FeatureDrift) -> list[str]:
 
 def _tick(value: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _p(value: float) -> str:
+    return f"{value:.3g}" if value >= 0.001 else f"{value:.1e}"
 
 
 def _shares(counts: Sequence[int]) -> list[float]:
