@@ -1,13 +1,14 @@
 """
 ### Detect drift from the champion's training data, and retrain when it drifted
 
-`materialize` → `detect_drift` → `drift_gate` → `emit_drift_event`
+`settings` → `materialize` → `detect_drift` → `drift_gate` → `emit_drift_event`
 
 1. **materialize** the newest revision of the dataset (reused when that revision was exported before);
 2. **detect_drift** compares it with the snapshot the current champion was trained on (the dataset in the
    manifest of the bundle `s3://<bucket>/<prefix>/<model>/champion.json` points at): class balance, boxes per
-   image, box area, box aspect ratio, image size and brightness, each scored with PSI and Jensen-Shannon
-   divergence against the thresholds in *Drift settings* (default: `YOLONAS_DRIFT_CONFIG`). It writes
+   image, box area, box aspect ratio, image size and brightness. A feature drifts when its PSI (or JS) is over
+   its threshold *and* a permutation test says the change is not noise (Holm-adjusted p <= alpha); settings in
+   *Drift settings* (default: `YOLONAS_DRIFT_CONFIG`). It writes
    `drift_report.json` and `drift_report.png` to `s3://<bucket>/drift/<run id>/`;
 3. **drift_gate** stops the run when nothing drifted, when this same drift already started a retraining
    (tick *Retrigger* to retrain anyway), or when there is no champion and *When there is no champion* is
