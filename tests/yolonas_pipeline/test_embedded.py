@@ -279,3 +279,19 @@ def test_status_of_a_stack_that_never_started(tmp_path: Path) -> None:
     stack = Embedded.at(tmp_path, ports=Ports.free())
     assert {h.name: h.state for h in stack.health()} == dict.fromkeys(COMPONENTS, "stopped")
     assert set(AIRFLOW_COMPONENTS) < set(COMPONENTS)
+
+
+def test_clean_data_deletes_the_stacks_data_and_keeps_the_inputs(tmp_path: Path) -> None:
+    stack = Embedded.at(tmp_path, ports=Ports.free())
+    stack.ensure_identities()
+    for folder in (stack.pgdata, stack.s3_dir, stack.home / "logs", stack.run_dir, stack.sample_dataset):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "file").write_text("x")
+    (stack.data_dir / "bench").mkdir()
+
+    removed = stack.purge()
+
+    assert set(removed) == {stack.pgdata, stack.s3_dir, stack.identities_file, stack.home, stack.run_dir}
+    assert sorted(p.name for p in stack.data_dir.iterdir()) == ["bench", "sample_cppe5"]
+    assert stack.credentials() is None and stack.ensure_identities() != ("", "")
+    assert oct(stack.identities_file.stat().st_mode & 0o777) == "0o600"
