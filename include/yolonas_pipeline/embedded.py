@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -713,7 +714,8 @@ class AirflowApi:
                 since = None
             else:
                 since = since or time.monotonic()
-                if ": dead" in problem or ": stopped" in problem or time.monotonic() - since >= grace:
+                gone = re.search(r":\s+(dead|stopped)\b", problem) is not None
+                if gone or time.monotonic() - since >= grace:
                     raise StackError(
                         f"run {run_id} is {state} and cannot progress: {problem}. "
                         "`make status` shows every component; `make demo` restarts what is dead."
