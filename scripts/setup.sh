@@ -3,6 +3,7 @@
 # lock files have not changed since it was installed is left alone).
 #   .venvs/airflow  requirements/airflow.lock + requirements/dev.lock   (Airflow, providers, moto, test tools)
 #   .venvs/trainer  requirements/trainer.lock, all --no-deps            (torch, super-gradients 3.7.1)
+# Then the embedded default's S3 credentials: .data/s3-identities.json, generated once, owner-only, never committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
@@ -40,5 +41,8 @@ cat .venvs/airflow-install.log .venvs/trainer-install.log | grep '^setup:' || tr
 if [[ $status -eq 0 ]]; then
   .venvs/airflow/bin/python -m pip check --disable-pip-version-check >/dev/null \
     || { echo "setup: airflow environment is inconsistent:"; .venvs/airflow/bin/python -m pip check; status=1; }
+fi
+if [[ $status -eq 0 ]]; then
+  PYTHONPATH=include .venvs/airflow/bin/python -m yolonas_pipeline.embedded init || status=1
 fi
 exit $status

