@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import crown_champion
 
 from yolonas_pipeline.embedded import AirflowApi, Embedded, Ports
 from yolonas_pipeline.materialize import MaterializeRequest, materialize
@@ -27,7 +28,9 @@ TRAINING = "yolonas_training"
 DRIFT = "yolonas_drift"
 TINY = {"epochs": 1, "batch_size": 8, "input_size": 96, "workers": 0, "mixed_precision": False}
 T = TypeVar("T")
-STAGES = ["materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
+STAGES = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
+#: The drift runs compare with (and the retraining they start publishes to) a prefix other than the default.
+PREFIX = "team-a/models"
 
 
 def shift_class_balance(source: Path, destination: Path, *, to_class: int = 0, keep_every: int = 4) -> Path:
@@ -135,11 +138,20 @@ def test_the_form_refuses_bad_values_over_rest_and_a_preflight_run_stops_before_
             api.trigger(TRAINING, conf)
         assert message in str(refused.value)
 
+    # A key the form does not have passes the trigger, and the settings task refuses it before any work.
+    run_id = patient(lambda: api.trigger(TRAINING, {"architecture": "yolo_nas_l"}))
+    deadline = time.monotonic() + 300
+    while patient(lambda: api.run(TRAINING, run_id))["state"] not in ("success", "failed"):
+        assert time.monotonic() < deadline, "the run with an unknown key did not finish"
+        time.sleep(3)
+    states = task_states(api, TRAINING, run_id)
+    assert states["settings"] == "failed" and states["materialize"] == "upstream_failed", states
+
     run_id = patient(lambda: api.trigger(TRAINING, {}))  # a bare trigger: the defaults, a preflight run here
     states = follow(stack, api, TRAINING, run_id)
     assert states == {
-        **dict.fromkeys(STAGES[:3], "success"),
-        **dict.fromkeys(STAGES[3:], "skipped"),
+        **dict.fromkeys(STAGES[:4], "success"),
+        **dict.fromkeys(STAGES[4:], "skipped"),
     }
     plan = xcom(api, TRAINING, run_id, "preflight")
     assert plan["preflight"] is True and plan["training"]["epochs"] == 1
@@ -167,11 +179,12 @@ def test_identical_data_does_not_retrain_and_a_shifted_class_balance_does(stack:
 
     # An identical revision lands: an upstream pipeline says so with an event on the source Asset.
     seen = {r["dag_run_id"] for r in runs(api, DRIFT, "asset_triggered")}
-    post_asset_event(api, "yolonas_dataset_source", {"conf": {"dataset_source": str(stack.sample_dataset)}})
+    source_conf = {"dataset_source": str(stack.sample_dataset), "publish_prefix": PREFIX}
+    post_asset_event(api, "yolonas_dataset_source", {"conf": source_conf})
     run_id = wait_for_run(api, DRIFT, "asset_triggered", after=seen, timeout=120)
     states = follow(stack, api, DRIFT, run_id)
-    assert states == {"materialize": "success", "detect_drift": "success", "drift_gate": "success",
-                      "emit_drift_event": "skipped"}  # fmt: skip
+    assert states == {"settings": "success", "materialize": "success", "detect_drift": "success",
+                      "drift_gate": "success", "emit_drift_event": "skipped"}  # fmt: skip
     result = xcom(api, DRIFT, run_id, "detect_drift")
     assert not result["drifted"] and result["current"]["fingerprint"] == reference["fingerprint"]
     report = json.loads(storage.read_text(result["report_uri"]))
@@ -179,7 +192,7 @@ def test_identical_data_does_not_retrain_and_a_shifted_class_balance_does(stack:
 
     # A revision with a shifted class balance, checked by hand with the drift form.
     shifted = str(stack.data_dir / "shifted")
-    conf = {"dataset_source": shifted, "retrain_conf": {"preflight": False, **TINY}}
+    conf = {"dataset_source": shifted, "publish_prefix": PREFIX, "retrain_conf": {"preflight": False, **TINY}}
     run_id = patient(lambda: api.trigger(DRIFT, conf))
     states = follow(stack, api, DRIFT, run_id)
     assert set(states.values()) == {"success"}, states
@@ -195,26 +208,29 @@ def test_identical_data_does_not_retrain_and_a_shifted_class_balance_does(stack:
     plan = xcom(api, TRAINING, retrain, "preflight")
     assert plan["trigger"]["asset"] == "yolonas_drift" and plan["preflight"] is False
     assert plan["trigger"]["event"]["scores"]["class_balance"] == result["scores"]["class_balance"]
+    # the drift run's prefix reaches the retraining: it is gated against, and publishes to, what drift compared with
+    assert plan["outputs"]["champion_uri"] == f"s3://{stack.bucket}/{PREFIX}/yolo_nas_s/champion.json"
+    assert xcom(api, TRAINING, retrain, "publish")["bundle_uri"].startswith(f"s3://{stack.bucket}/{PREFIX}/yolo_nas_s/")
     assert {r["dag_run_id"] for r in runs(api, TRAINING, "asset_triggered")} - retrains_before == {retrain}
 
 
 def safe(run_id: str) -> str:
-    from yolonas_pipeline.publish import safe_segment
+    from yolonas_pipeline.contracts import safe_segment
 
     return safe_segment(run_id)
 
 
 def crown_sample_as_champion(stack: Embedded, storage: Storage) -> dict[str, Any]:
-    """A champion trained on the sample export: a bundle manifest recording it, and champion.json."""
+    """A champion trained on the sample export, under ``PREFIX``: a bundle manifest recording it, and champion.json."""
     request = MaterializeRequest(source=str(stack.sample_dataset), output_uri=f"s3://{stack.bucket}/datasets")
-    dataset = materialize(request, storage=storage, log=lambda _: None).to_dict()
-    bundle = f"s3://{stack.bucket}/models/yolo_nas_s/manual__champion"
-    storage.write_text(
-        f"{bundle}/manifest.json",
-        json.dumps({"dataset": {"uri": dataset["dataset_uri"], "fingerprint": dataset["fingerprint"]}}),
+    dataset = materialize(request, storage=storage).to_xcom()
+    crown_champion(
+        storage,
+        f"s3://{stack.bucket}/{PREFIX}",
+        dataset_uri=dataset["dataset_uri"],
+        fingerprint=dataset["fingerprint"],
+        run_id="manual__champion",
     )
-    champion = {"bundle_uri": bundle, "run_id": "manual__champion"}
-    storage.write_text(f"s3://{stack.bucket}/models/yolo_nas_s/champion.json", json.dumps(champion))
     return dataset
 
 

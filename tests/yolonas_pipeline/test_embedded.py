@@ -34,7 +34,7 @@ from yolonas_pipeline.embedded import (
 )
 
 SMALL_RUN = {"epochs": 1, "batch_size": 8, "input_size": 128, "workers": 0, "mixed_precision": False}
-STAGES = ["materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
+STAGES = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
 
 
 # -- the S3 server the embedded default runs: what the pipeline relies on ---------------------------------------
