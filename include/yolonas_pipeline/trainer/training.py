@@ -366,7 +366,9 @@ class _Trainer(Trainer):  # type: ignore[misc]  # super-gradients is untyped
 
     - On the CPU (gloo) the model is wrapped without ``device_ids`` (super-gradients passes the GPU index).
     - The averaged model is read from the first process's run directory: a new run's id is a timestamp taken by
-      each process, so the other processes' run directories (never written: only rank 0 saves) differ from it.
+      each process, so the others' run directories differ from it (only rank 0 saves checkpoints; each of them holds
+      just its own unused ``averaging_snapshots.pkl``, in the local work directory, never synced). A resumed run
+      has one id (``state.json``'s) and one directory for all.
     """
 
     net: Any
