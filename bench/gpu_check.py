@@ -164,8 +164,8 @@ def step_baseline(args: argparse.Namespace, figures: Figures, timeout: float) ->
         CRASH_HANDLER="FALSE",
         TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
     )
-    if args.smoke:
-        env.update(STEPS="1", WARM="0")
+    if args.smoke:  # the baseline's input is fixed at 640 px: the least that runs its code on a CPU
+        env.update(STEPS="1", WARM="0", N_TRAIN=str(2 * args.batch), N_VAL=str(args.batch), EPOCHS="1")
     status, seconds = run([sys.executable, str(script)], env=env, timeout=timeout, log=args.out / "baseline.log")
     figures.step("baseline", script=str(script), exit=status, seconds=seconds, timeout_s=round(timeout))
     result_path = out / "gpu_baseline.json"
