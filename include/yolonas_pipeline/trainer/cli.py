@@ -10,6 +10,7 @@ and super-gradients' own logs. S3 credentials come from the standard ``AWS_*`` v
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -34,8 +35,28 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+#: prctl option: the signal this process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_launcher() -> None:
+    """Under torchrun, be killed (SIGKILL) when torchrun dies. torchrun starts each process in a session of its
+    own, so killing torchrun's process group (a lost task, ``kill -9``) would leave the processes training on,
+    and writing, beside the retry; torchrun forwards SIGTERM itself, but nothing is forwarded from a SIGKILL."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # torchrun died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _die_with_the_launcher()
     logs.configure()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:

@@ -211,12 +211,17 @@ def build_loader(
     sampler: torch.utils.data.DistributedSampler[Any] | None = (
         torch.utils.data.DistributedSampler(dataset, shuffle=train, seed=seed) if distributed else None
     )
+    # Under DDP the sampler's shuffle (seed) is the same on every process, so each takes its own share;
+    # the loader workers' augmentation draws differ per process.
     generator = torch.Generator()
-    generator.manual_seed(seed)
+    generator.manual_seed(seed + (torch.distributed.get_rank() if distributed else 0))
     num_workers = speed.loader_workers(workers)
-    # A small last batch makes noisy BatchNorm statistics; drop it, unless it is the only batch.
-    drop_last = train and len(dataset) > batch_size
-    batches = (len(dataset) // batch_size) if drop_last else math.ceil(len(dataset) / batch_size)
+    # This process's images: ceil(len / world) under DDP (the sampler pads the last share).
+    images = len(sampler) if sampler is not None else len(dataset)
+    # A small last batch makes noisy BatchNorm statistics; drop it, unless it is the only batch
+    # (preflight.steps_per_epoch plans the same count).
+    drop_last = train and images > batch_size
+    batches = (images // batch_size) if drop_last else math.ceil(images / batch_size)
     # More workers than batches (tiny validation sets) only start idle processes.
     num_workers = min(num_workers, max(1, batches)) if num_workers else 0
     return DataLoader(

@@ -82,11 +82,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def prefix() -> str:
+    """:data:`PREFIX`; ``[yolonas rank N] `` on the other processes of a torchrun run (``RANK`` > 0), whose lines
+    share the task log with the first one's."""
+    rank = os.environ.get("RANK", "0")
+    return PREFIX if rank in ("", "0") else f"[yolonas rank {rank}] "
+
+
 class _Formatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = prefix()
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         level = "" if record.levelno <= logging.INFO else f"{record.levelname}: "
-        return "\n".join(PREFIX + level + line for line in text.splitlines())
+        return "\n".join(self.prefix + level + line for line in text.splitlines())
 
 
 def configure(level: int = logging.INFO) -> logging.Handler:
@@ -104,10 +115,26 @@ def configure(level: int = logging.INFO) -> logging.Handler:
     handler._yolonas_console = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)
+    global _level
+    _level = level
     # One line per message: not again through super-gradients' root handlers (its console handler writes to
     # the tee'd stderr).
     logger.propagate = False
     return handler
+
+
+_level = logging.INFO
+
+
+def keep_package_loggers() -> None:
+    """Undo super-gradients' muting of our loggers. On every torchrun process but a node's first
+    (``LOCAL_RANK`` > 0) each of its modules, as it is imported, sets every logger that exists to ERROR; the
+    package's few lines from those processes are worth keeping (their prefix names the rank, see :func:`prefix`).
+    Call it again once super-gradients' modules are imported (the train command does)."""
+    logging.getLogger(PACKAGE_LOGGER).setLevel(_level)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith(PACKAGE_LOGGER + ".") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.NOTSET)
 
 
 def protect_root_handlers(filter_: RedactingFilter) -> None:
@@ -134,4 +161,5 @@ def protect_log_files() -> RedactingFilter:
 
         setup_logging._yolonas_redacting = True  # type: ignore[attr-defined]
         AutoLoggerConfig._setup_logging = setup_logging
+    keep_package_loggers()
     return redacting

@@ -8,6 +8,11 @@ Layout under ``output_uri``::
     result.json          written last, when training is complete (:class:`~yolonas_pipeline.contracts.TrainResult`);
                          the Airflow task and the evaluate command read it
 
+Under ``torchrun`` (several processes, DDP) every process trains its share of each epoch; only the first
+process (global rank 0) writes anything to the output URI, and the first process on each node downloads the
+dataset and the run for the others. CUDA processes join with NCCL (super-gradients' own setup), CPU
+processes with gloo (:func:`_setup_device`).
+
 A retry of the same request finds ``state.json``, restores ``run/`` into a local run directory of the
 same id and lets super-gradients resume it (net, EMA, optimizer, scaler, epoch); a retry after
 ``result.json`` exists does nothing. An epoch's upload runs in the background while the next epoch
@@ -28,7 +33,8 @@ from typing import Any
 
 import torch
 from super_gradients.common.data_types.enum import MultiGPUMode
-from super_gradients.common.environment.ddp_utils import get_local_rank, multi_process_safe
+from super_gradients.common.environment.ddp_utils import init_trainer, multi_process_safe
+from super_gradients.common.environment.device_utils import device_config
 from super_gradients.training import Trainer
 from super_gradients.training.losses import PPYoloELoss
 from super_gradients.training.metrics import DetectionMetrics_050
@@ -38,7 +44,7 @@ from super_gradients.training.utils.distributed_training_utils import setup_devi
 from yolonas_pipeline.contracts import TRAIN_RESULT_FILE, TrainRequest, TrainResult
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.storage import Storage, join_uri
-from yolonas_pipeline.trainer import data, sg, speed
+from yolonas_pipeline.trainer import data, logs, sg, speed
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +135,12 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         images_per_epoch: int,
         batches_per_epoch: int,
         restored: Path | None = None,
+        writes: bool = True,
     ) -> None:
         self.storage = storage
+        #: False on every process but the first of a DDP run: it uploads nothing and commits no state.
+        #: (super-gradients' ``multi_process_safe`` only looks at the local rank, i.e. one writer per node.)
+        self.writes = writes
         self.output_uri = output_uri
         self.history = history
         self.images_per_epoch = images_per_epoch
@@ -189,7 +199,7 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         self._publish_pending(background=False)
 
     def _publish_pending(self, *, background: bool) -> None:
-        if self._pending is None or self.run_dir is None:
+        if not self.writes or self._pending is None or self.run_dir is None:
             return
         self.wait()
         entry, self._pending = self._pending, None
@@ -233,7 +243,7 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         (``averaging_snapshots.pkl``) so that ``run/`` mirrors the finished run. Returns deleted names."""
         self.wait()
         self._uploader.shutdown()
-        if self.run_dir is None:
+        if not self.writes or self.run_dir is None:
             return []
         self._upload_and_commit(self._changed_files(), None)
         local = {p.relative_to(self.run_dir).as_posix() for p in self.run_dir.rglob("*") if p.is_file()}
@@ -303,15 +313,79 @@ def reconcile_history(
     return kept
 
 
+def world_size() -> int:
+    """Processes in the run (torchrun's ``WORLD_SIZE``; 1 without torchrun)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def local_rank() -> int:
+    """This process's index on its node (torchrun's ``LOCAL_RANK``; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def global_rank() -> int:
+    """This process's rank in the process group (0 without DDP): only rank 0 writes to the output URI."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return int(os.environ.get("RANK", "0"))
+
+
 def _setup_device(request: TrainRequest) -> None:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        # Launched by torchrun: super-gradients joins the process group it sets up (its own launcher
-        # re-executes sys.argv and breaks on modern torch, so it is never used here).
-        setup_device(multi_gpu=MultiGPUMode.DISTRIBUTED_DATA_PARALLEL, num_gpus=world_size)
+    world = world_size()
+    if world > 1 and torch.cuda.is_available():
+        # Launched by torchrun: super-gradients joins the process group (NCCL) and takes GPU LOCAL_RANK (its own
+        # launcher re-executes sys.argv and breaks on modern torch, so it is never used here).
+        setup_device(multi_gpu=MultiGPUMode.DISTRIBUTED_DATA_PARALLEL, num_gpus=world)
+    elif world > 1:
+        _setup_cpu_ddp(world)
     else:
         setup_device(device="cuda" if torch.cuda.is_available() else "cpu")
     speed.configure_backends()
+
+
+def _setup_cpu_ddp(world: int) -> None:
+    """DDP between CPU processes (gloo). super-gradients' ``setup_device`` cannot: under torchrun it forces CUDA
+    and, without a GPU, falls back to one independent CPU process each, no process group, every one a writer.
+
+    The device is ``cpu:<local rank>``: torch treats it as ``cpu``, and super-gradients reads the rank from it
+    (per-process random seeds); :class:`_Trainer` wraps the model in a CPU ``DistributedDataParallel``."""
+    init_trainer()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="gloo", init_method="env://")
+    device_config.device = f"cpu:{local_rank()}"
+    device_config.multi_gpu = MultiGPUMode.DISTRIBUTED_DATA_PARALLEL
+    device_config.num_gpus = world
+
+
+def _is_cpu_ddp() -> bool:
+    return not device_config.is_cuda and device_config.multi_gpu == MultiGPUMode.DISTRIBUTED_DATA_PARALLEL
+
+
+class _Trainer(Trainer):  # type: ignore[misc]  # super-gradients is untyped
+    """super-gradients' Trainer, with what DDP needs beyond it.
+
+    - On the CPU (gloo) the model is wrapped without ``device_ids`` (super-gradients passes the GPU index).
+    - The averaged model is read from the first process's run directory: a new run's id is a timestamp taken by
+      each process, so the others' run directories differ from it (only rank 0 saves checkpoints; each of them holds
+      just its own unused ``averaging_snapshots.pkl``, in the local work directory, never synced). A resumed run
+      has one id (``state.json``'s) and one directory for all.
+    """
+
+    net: Any
+
+    def _net_to_device(self) -> None:
+        if not _is_cpu_ddp():
+            super()._net_to_device()
+            return
+        self.net.to("cpu")
+        self.net = torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=True)
+
+    def _validate_final_average_model(self, context: PhaseContext, checkpoint_dir_path: str, **kwargs: Any) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shared = [checkpoint_dir_path]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            checkpoint_dir_path = shared[0]
+        super()._validate_final_average_model(context=context, checkpoint_dir_path=checkpoint_dir_path, **kwargs)
 
 
 def _restore_run(
@@ -348,11 +422,15 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
 
     started = time.monotonic()
     _setup_device(request)
-    # Under torchrun the processes share the work dir: the first downloads, the others wait for it.
-    rank = get_local_rank()
+    # Under torchrun the processes of a node share its work dir: the node's first downloads, the others wait for it
+    # (wait_for_the_master's barriers are global). Only the run's first process writes to the output URI.
+    node_rank, rank, world = local_rank(), global_rank(), world_size()
+    logs.keep_package_loggers()  # super-gradients' imports mute every logger on the other processes
+    if world > 1:
+        log.info("process %d of %d (local %d), device %s", rank, world, node_rank, device_config.device)
     dataset_dir = work_dir / "dataset"
-    with wait_for_the_master(rank):
-        if rank == 0:
+    with wait_for_the_master(node_rank):
+        if node_rank == 0:
             log.info("downloading dataset %s", request.dataset_uri)
             storage.download_tree(request.dataset_uri, dataset_dir)
     manifest = data.read_manifest(dataset_dir)
@@ -377,8 +455,9 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
         train=False,
     )
     log.info(
-        "%d training images per epoch in %d batches, %d loader workers, channels_last=%s",
+        "%d training images per epoch%s in %d batches, %d loader workers, channels_last=%s",
         data.images_per_epoch(train_loader),
+        f" on this process ({world} processes)" if world > 1 else "",
         len(train_loader),
         train_loader.num_workers,
         speed.use_channels_last(request.channels_last),
@@ -399,18 +478,18 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
         model = speed.to_channels_last(model)
 
     ckpt_root = work_dir / "checkpoints"
-    with wait_for_the_master(rank):
-        run_id, history, restored = _restore_run(request, storage, ckpt_root, download=rank == 0)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    with wait_for_the_master(node_rank):
+        run_id, history, restored = _restore_run(request, storage, ckpt_root, download=node_rank == 0)
     sync = RunSync(
         storage=storage,
         output_uri=request.output_uri,
         history=history,
-        images_per_epoch=data.images_per_epoch(train_loader) * world_size,
+        images_per_epoch=data.images_per_epoch(train_loader) * world,
         batches_per_epoch=len(train_loader),
         restored=restored if rank == 0 else None,
+        writes=rank == 0,
     )
-    trainer = Trainer(experiment_name=EXPERIMENT, ckpt_root_dir=str(ckpt_root))
+    trainer = _Trainer(experiment_name=EXPERIMENT, ckpt_root_dir=str(ckpt_root))
     params = training_params(request, class_names, [sync])
     if run_id is not None:
         params["run_id"] = run_id
@@ -447,7 +526,7 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
         valid_metrics=final_valid,
         history=history,
         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        gpus=world_size if torch.cuda.is_available() else 0,
+        gpus=world if torch.cuda.is_available() else 0,
         loader_workers=train_loader.num_workers,
         steps_per_epoch=len(train_loader),
         seconds_this_attempt=round(time.monotonic() - started, 1),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,34 +81,47 @@ class ResumedRun:
     first_state: dict[str, Any]
     first_files: list[str]
     first_returncode: int | None
+    first_output: str
     second_output: str
 
 
-@pytest.fixture(scope="module")
-def resumed_run(
-    moto_s3: MotoS3, trainer_python: Path, sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ResumedRun]:
+def kill_and_resume(
+    moto_s3: MotoS3,
+    trainer_python: Path,
+    sample_dataset: Path,
+    tmp_path: Path,
+    *,
+    name: str,
+    gpus: int = 1,
+    versioned: bool = False,
+    **request_fields: Any,
+) -> ResumedRun:
+    """Materialize the sample to a new bucket, run the train command the local backend would run for ``gpus``
+    (``torchrun`` under ``gpus`` > 1), SIGKILL its whole process group once the first epoch is committed
+    (``state.json``), and run the same command again to the end."""
     from yolonas_pipeline.materialize import MaterializeRequest, materialize
 
-    tmp_path = tmp_path_factory.mktemp("resume")
     bucket = moto_s3.new_bucket()
+    if versioned:  # every write of every key stays visible: who wrote what, how often
+        moto_s3.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     storage = Storage(moto_s3.client)
     dataset = materialize(
         MaterializeRequest(str(sample_dataset), f"s3://{bucket}/datasets", workers=1), storage=storage
     )
+    prefix = f"runs/{name}/train"
     request = TrainRequest(
         dataset_uri=dataset.dataset_uri,
-        output_uri=f"s3://{bucket}/runs/resume/train",
+        output_uri=f"s3://{bucket}/{prefix}",
         num_classes=len(dataset.class_names),
         epochs=EPOCHS,
-        batch_size=8,
         input_size=96,
         mixed_precision=False,
+        **{"batch_size": 8, **request_fields},
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(TRAINER_PYTHON_ENV, str(trainer_python))
-        argv = local_argv(trainer_argv(request))  # what the local backend runs (the pod: with "python")
-    prefix = "runs/resume/train"
+        # What the local backend runs (the pod: with "python" or "torchrun").
+        argv = local_argv(trainer_argv(request, gpus=gpus))
     base_env = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(REPO / "include"),
@@ -120,10 +133,10 @@ def resumed_run(
         "PYTHONUNBUFFERED": "1",
     }
 
-    def attempt(name: str) -> tuple[subprocess.Popen[str], Path]:
-        log_path = tmp_path / f"{name}.log"
+    def attempt(label: str) -> tuple[subprocess.Popen[str], Path]:
+        log_path = tmp_path / f"{label}.log"
         # A fresh work dir per attempt, like a new pod: nothing survives but what is in S3.
-        env = {**base_env, "YOLONAS_WORK_DIR": str(tmp_path / name), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+        env = {**base_env, "YOLONAS_WORK_DIR": str(tmp_path / label), "MPLCONFIGDIR": str(tmp_path / "mpl")}
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -150,7 +163,18 @@ def resumed_run(
     # 2. The same command again: it resumes the same run after the uploaded epoch.
     second, second_log = attempt("attempt2")
     assert second.wait(timeout=900) == 0, second_log.read_text()[-5000:]
-    yield ResumedRun(bucket, prefix, request, state, first_files, first.returncode, second_log.read_text())
+    return ResumedRun(
+        bucket, prefix, request, state, first_files, first.returncode, first_log.read_text(), second_log.read_text()
+    )
+
+
+@pytest.fixture(scope="module")
+def resumed_run(
+    moto_s3: MotoS3, trainer_python: Path, sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ResumedRun:
+    return kill_and_resume(
+        moto_s3, trainer_python, sample_dataset, tmp_path_factory.mktemp("resume"), name="resume", batch_size=8
+    )
 
 
 @pytest.mark.slow
@@ -194,6 +218,25 @@ def test_killed_training_resumes_at_the_next_epoch_in_the_same_run(resumed_run: 
     assert len([name for name in files if name.startswith("experiment_logs_")]) == 2, files
 
 
+#: super-gradients' per-attempt files, named by when (and on which host, by which process) they were made.
+_STAMPED = (
+    (re.compile(r"^(.*/)?(console|experiment_logs|logs)_[^/]*\.txt$"), r"\1\2_<time>.txt"),
+    (re.compile(r"^(.*/)?events\.out\.tfevents\.[^/]*$"), r"\1events.out.tfevents.<time>.<host>.<pid>"),
+)
+
+
+def shape(name: str) -> str:
+    """A file's name with super-gradients' timestamps, host and process id taken out."""
+    for pattern, replacement in _STAMPED:
+        name = pattern.sub(replacement, name)
+    return name
+
+
+def file_shapes(moto_s3: MotoS3, run: ResumedRun) -> list[str]:
+    """Everything under the run's output URI, by :func:`shape`."""
+    return sorted(shape(name) for name in Storage(moto_s3.client).list_files(f"s3://{run.bucket}/{run.prefix}"))
+
+
 # -- no credentials in what is uploaded --------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.trainer
@@ -213,3 +256,100 @@ def test_no_credential_material_in_any_uploaded_file(resumed_run: ResumedRun, mo
                 if at >= 0:
                     found.append(f"{name}:{number}: {needle!r} in ...{line[max(0, at - 80) : at + 60]!r}...")
     assert found == [], f"credential material in {len(found)} uploaded lines:\n" + "\n".join(found[:20])
+
+
+# -- DDP: the same command under torchrun, two CPU processes (gloo) ----------------------------------------------
+DDP_PROCESSES = 2
+#: 19 training images: 10 per process (the sampler pads the odd one), 2 full batches of 4 each, the rest dropped.
+DDP_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def ddp_resumed_run(
+    moto_s3: MotoS3, trainer_python: Path, sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ResumedRun:
+    """What the local backend runs for 2 GPUs (``torchrun --nproc_per_node=2``), here on the CPU, killed after the
+    first committed epoch and run again; in a versioned bucket, so that every write is counted."""
+    return kill_and_resume(
+        moto_s3,
+        trainer_python,
+        sample_dataset,
+        tmp_path_factory.mktemp("ddp"),
+        name="ddp",
+        gpus=DDP_PROCESSES,
+        versioned=True,
+        batch_size=DDP_BATCH,
+    )
+
+
+def object_versions(moto_s3: MotoS3, bucket: str, key: str) -> int:
+    """How many times ``key`` was written."""
+    response = moto_s3.client.list_object_versions(Bucket=bucket, Prefix=key)
+    return len([version for version in response.get("Versions", []) if version["Key"] == key])
+
+
+def retrained_epochs(output: str) -> list[int]:
+    """The epochs the first process reported finishing (its lines carry the plain prefix)."""
+    return [
+        int(line.split()[2].rstrip(":"))
+        for line in output.splitlines()
+        if line.startswith("[yolonas] epoch ") and "batch" not in line
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.trainer
+def test_ddp_training_on_two_processes_resumes_after_a_kill(ddp_resumed_run: ResumedRun, moto_s3: MotoS3) -> None:
+    from yolonas_pipeline.contracts import DatasetManifest
+    from yolonas_pipeline.preflight import steps_per_epoch
+
+    run = ddp_resumed_run
+    storage = Storage(moto_s3.client)
+    train_images = DatasetManifest.read_export(run.request.dataset_uri, storage=storage).split("train").images
+    steps = steps_per_epoch(train_images, DDP_BATCH, DDP_PROCESSES)
+    assert steps == 2
+    assert run.first_returncode == -signal.SIGKILL
+    killed_at, run_id = run.first_state["epochs_completed"], run.first_state["run_id"]
+    assert killed_at < EPOCHS, "the run finished before it could be killed; the test proves nothing"
+
+    # Both processes joined one process group and trained their share, in both attempts.
+    for output in (run.first_output, run.second_output):
+        for rank, prefix in enumerate(("[yolonas] ", "[yolonas rank 1] ")):
+            assert f"{prefix}process {rank} of {DDP_PROCESSES} (local {rank}), device cpu:{rank}" in output, output
+            share = f"{prefix}{steps * DDP_BATCH} training images per epoch on this process ({DDP_PROCESSES} processes)"
+            assert f"{share} in {steps} batches" in output, output[-3000:]
+    assert f"[yolonas] resuming run {run_id} after epoch {killed_at} from {run.request.output_uri}" in run.second_output
+    assert sorted(set(retrained_epochs(run.second_output))) == list(range(killed_at + 1, EPOCHS + 1))
+
+    result = read_json(moto_s3, run.bucket, f"{run.prefix}/result.json")
+    final_state = read_json(moto_s3, run.bucket, f"{run.prefix}/state.json")
+    assert result is not None and final_state is not None
+    assert result["run_id"] == final_state["run_id"] == run_id
+    assert result["epochs_completed"] == final_state["epochs_completed"] == EPOCHS
+    assert [entry["epoch"] for entry in result["history"]] == list(range(1, EPOCHS + 1))
+    assert result["history"][:killed_at] == run.first_state["history"]
+    # The plan's steps per epoch are what each process's loader took.
+    assert result["steps_per_epoch"] == steps
+    # images/s counts both processes' images
+    assert all(entry.get("images_per_second") for entry in result["history"])
+
+    # Only the first process writes: one result, one state commit and one latest checkpoint per epoch.
+    assert object_versions(moto_s3, run.bucket, f"{run.prefix}/result.json") == 1
+    assert object_versions(moto_s3, run.bucket, f"{run.prefix}/state.json") == EPOCHS
+    assert object_versions(moto_s3, run.bucket, f"{run.prefix}/run/ckpt_latest.pth") == EPOCHS
+
+
+@pytest.mark.slow
+@pytest.mark.trainer
+def test_ddp_run_folder_has_the_files_of_a_single_process_run(
+    ddp_resumed_run: ResumedRun, resumed_run: ResumedRun, moto_s3: MotoS3
+) -> None:
+    """Killed after the first epoch and resumed alike, one process or two: the same files at the output URI, and the
+    same in run/ at the kill (names up to super-gradients' timestamps). ``resumed_run`` is the single-process
+    run the tests above check."""
+    single, ddp = file_shapes(moto_s3, resumed_run), file_shapes(moto_s3, ddp_resumed_run)
+    assert ddp == single, f"DDP: {ddp}\nsingle process: {single}"
+    assert {"result.json", "state.json", "run/average_model.pth", "run/ckpt_best.pth"} <= set(ddp)
+    single_first = sorted(shape(name) for name in resumed_run.first_files)
+    ddp_first = sorted(shape(name) for name in ddp_resumed_run.first_files)
+    assert ddp_first == single_first, f"DDP: {ddp_first}\nsingle process: {single_first}"

@@ -134,6 +134,30 @@ def test_loader_workers_follow_the_cpus_the_pod_may_use(
     assert speed.loader_workers(requested, cpus=cpus, processes=processes) == expected
 
 
+@pytest.mark.parametrize(
+    ("world", "batch", "steps", "images"),
+    # 19 images: 10 per process with 2 (the sampler pads), 5 with 4. A process with more than one batch drops its
+    # partial last one; one with a batch or less keeps it (what preflight.steps_per_epoch plans).
+    [(1, 8, 2, 16), (2, 8, 1, 8), (2, 4, 2, 8), (2, 16, 1, 10), (4, 4, 1, 4), (4, 8, 1, 5)],
+)
+def test_each_ddp_process_takes_the_planned_steps(
+    fast_dataset: COCOFormatDetectionDataset,
+    monkeypatch: pytest.MonkeyPatch,
+    world: int,
+    batch: int,
+    steps: int,
+    images: int,
+) -> None:
+    if world > 1:  # the loader as one process of a DDP run of `world` processes sees it
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: world)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    loader = data.build_loader(fast_dataset, batch_size=batch, workers=0, train=True)
+    assert isinstance(loader.sampler, torch.utils.data.DistributedSampler) == (world > 1)
+    assert (len(loader), data.images_per_epoch(loader)) == (steps, images)
+    assert len(list(loader)) == steps
+
+
 def test_training_loader_settings(fast_dataset: COCOFormatDetectionDataset) -> None:
     loader = data.build_loader(fast_dataset, batch_size=8, workers=0, train=True)
     auto_workers = min(speed.MAX_AUTO_WORKERS, max(0, len(os.sched_getaffinity(0)) - 1))

@@ -4,13 +4,16 @@ and the training arguments' metrics (the NMS of :mod:`yolonas_pipeline.trainer.s
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
 from yolonas_pipeline.contracts import TrainRequest
 from yolonas_pipeline.trainer import sg
-from yolonas_pipeline.trainer.training import epoch_line, reconcile_history, to_jsonable, training_params
+from yolonas_pipeline.trainer.training import RunSync, epoch_line, reconcile_history, to_jsonable, training_params
 
 HISTORY = [{"epoch": 1, "valid": {"mAP@0.50": 0.1}}, {"epoch": 2, "valid": {"mAP@0.50": 0.2}}]
 CHECKPOINT_METRICS = {"valid": {"mAP@0.50": np.float32(0.25)}, "train": {}}
@@ -59,3 +62,30 @@ def test_validation_metrics_use_the_one_nms() -> None:
     limits = (callback.score_threshold, callback.nms_threshold, callback.nms_top_k, callback.max_predictions)
     assert limits == (sg.SCORE_THRESHOLD, sg.IOU_THRESHOLD, sg.TOP_K, sg.MAX_PREDICTIONS)
     assert params["lr_warmup_epochs"] == 1 and params["max_epochs"] == 2
+
+
+class NoStorage:
+    """A storage that fails any use: what a process other than a DDP run's first must be given nothing to do with."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"storage.{name} used by a process that must not write")
+
+
+def test_only_the_first_process_of_a_ddp_run_uploads(tmp_path: Path) -> None:
+    (tmp_path / "ckpt_latest.pth").write_bytes(b"checkpoint")
+    sync = RunSync(
+        storage=NoStorage(),  # type: ignore[arg-type]
+        output_uri="s3://bucket/run/train",
+        history=[],
+        images_per_epoch=8,
+        batches_per_epoch=1,
+        writes=False,
+    )
+    context = SimpleNamespace(ckpt_dir=str(tmp_path), epoch=0, batch_idx=0, metrics_dict={"PPYoloELoss/loss": 1.0})
+    sync.on_training_start(context)
+    for hook in ("on_train_loader_start", "on_train_loader_end", "on_validation_loader_end"):
+        getattr(sync, hook)(context)
+    sync.on_train_loader_start(context)  # where the first process commits the epoch before
+    sync.on_average_best_models_validation_start(context)
+    assert sync.finish() == []
+    assert sync.history == []
