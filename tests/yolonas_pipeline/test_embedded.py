@@ -237,7 +237,7 @@ def test_a_published_bundle_and_the_champion_survive_stop_and_start(stack: Embed
     assert objects(stack) == before
     assert stack.s3_client().get_object(Bucket=stack.bucket, Key=champion_key)["Body"].read() == champion
     manifest = verify_bundle(bundle_uri, storage=Storage(stack.s3_client()))
-    assert "model.pth" in manifest["files"]
+    assert "model.pth" in manifest.files
     # ... and Airflow still knows the run, whose XComs point at objects that are still there.
     api = stack.api()
     assert api.run(DAG_ID, trained_run)["state"] == "success"
