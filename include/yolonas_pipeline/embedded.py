@@ -29,11 +29,12 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "yolonas_training"
@@ -269,8 +270,8 @@ class Embedded:
         if name == "postgres":
             return self._postgres_pid()
         try:
-            pid, _, started = self.pid_file(name).read_text().partition(" ")
-            pid, started = int(pid), float(started) if started.strip() else None
+            pid_text, _, started_text = self.pid_file(name).read_text().partition(" ")
+            pid, started = int(pid_text), float(started_text) if started_text.strip() else None
         except (FileNotFoundError, ValueError):
             return None
         return pid if _alive(pid, "weed" if name == "s3" else name, started) else None
@@ -353,7 +354,8 @@ class Embedded:
         """The body of /api/v2/monitor/health (it needs no login), or None when the API server does not answer."""
         try:
             with urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=timeout) as response:
-                return json.loads(response.read())
+                body: dict[str, Any] = json.loads(response.read())
+                return body
         except (OSError, ValueError):
             return None
 
@@ -617,7 +619,7 @@ class Embedded:
         deadline = time.monotonic() + 120
         while not generated.exists() and time.monotonic() < deadline:
             time.sleep(1)
-        return json.loads(generated.read_text())["admin"]
+        return str(json.loads(generated.read_text())["admin"])
 
     def api(self) -> AirflowApi:
         return AirflowApi(self.api_url, "admin", self.password())
@@ -662,7 +664,7 @@ class AirflowApi:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self._request("GET", f"/api/v2/dags/{dag_id}")
+                return cast("dict[str, Any]", self._request("GET", f"/api/v2/dags/{dag_id}"))
             except RuntimeError:
                 if time.monotonic() > deadline:
                     errors = self._request("GET", "/api/v2/importErrors")
@@ -674,17 +676,23 @@ class AirflowApi:
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
         run = self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": dict(conf)})
-        return run["dag_run_id"]
+        return str(run["dag_run_id"])
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}")
+        return cast(
+            "dict[str, Any]",
+            self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"),
+        )
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        quoted = urllib.request.quote(run_id, safe="")
-        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")["task_instances"]
+        quoted = urllib.parse.quote(run_id, safe="")
+        return cast(
+            "list[dict[str, Any]]",
+            self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances")["task_instances"],
+        )
 
     def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
-        quoted = urllib.request.quote(run_id, safe="")
+        quoted = urllib.parse.quote(run_id, safe="")
         path = f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/return_value"
         return self._request("GET", path)["value"]
 
@@ -700,7 +708,8 @@ class AirflowApi:
     ) -> str:
         """Wait for the run to finish and return its state. ``stalled`` says why no run can progress (None when
         all is well); a reason that lasts ``grace`` seconds (a dead process: at once) raises StackError."""
-        deadline, seen, since = time.monotonic() + timeout, {}, None
+        seen: dict[str, str] = {}
+        deadline, since = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             state = self.run(dag_id, run_id)["state"]
             for ti in self.task_instances(dag_id, run_id):
@@ -708,7 +717,7 @@ class AirflowApi:
                     seen[ti["task_id"]] = ti["state"]
                     print(f"  {ti['task_id']:<20} {ti['state']}", flush=True)
             if state in ("success", "failed"):
-                return state
+                return str(state)
             problem = stalled() if stalled is not None else None
             if problem is None:
                 since = None
@@ -731,7 +740,7 @@ def _create_time(pid: int) -> float:
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return 0.0
 
@@ -746,7 +755,7 @@ def _alive(pid: int, expected: str, started: float | None = None) -> bool:
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
         if started:
-            return abs(process.create_time() - started) < 0.05
+            return bool(abs(process.create_time() - started) < 0.05)
         command = " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
