@@ -84,17 +84,22 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        """Distinct ports the kernel says are free now (for tests and side-by-side stacks)."""
-        sockets = []
-        try:
-            for _ in dataclasses.fields(cls):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", 0))
-                sockets.append(sock)
-            return cls(*(int(s.getsockname()[1]) for s in sockets))
-        finally:
-            for sock in sockets:
-                sock.close()
+        """Distinct ports that are free now, for tests and side-by-side stacks. They are drawn below the kernel's
+        ephemeral range: a port from that range can be handed to an outgoing connection while the stack is
+        stopped, and then the restart finds it taken."""
+        import random
+
+        low = 32768
+        with contextlib.suppress(OSError, ValueError):
+            low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        chosen: list[int] = []
+        candidates = random.sample(range(10000, max(low, 10000 + 1000)), 400)
+        for port in candidates:
+            if len(chosen) == len(dataclasses.fields(cls)):
+                break
+            if port not in chosen and _port_free(port):
+                chosen.append(port)
+        return cls(*chosen)
 
     def weed(self) -> list[int]:
         return [self.s3, self.s3_grpc, self.master, self.master_grpc, self.volume, self.volume_grpc, self.filer,
@@ -326,8 +331,8 @@ class Embedded:
     # -- health -------------------------------------------------------------------------------------
     def postgres_health(self) -> Health:
         pid = self.running("postgres")
-        if pid is None:
-            return Health("postgres", "stopped")
+        if pid is None:  # a clean stop removes postmaster.pid; a killed server leaves it behind
+            return Health("postgres", "dead" if (self.pgdata / "postmaster.pid").exists() else "stopped")
         try:
             import psycopg2
 
@@ -343,7 +348,7 @@ class Embedded:
     def s3_health(self) -> Health:
         pid = self.running("s3")
         if pid is None:
-            return Health("s3", "stopped")
+            return Health("s3", "dead" if self.pid_file("s3").exists() else "stopped")
         try:
             buckets = [b["Name"] for b in self.s3_client(timeout=5).list_buckets().get("Buckets", [])]
         except Exception as exc:
@@ -452,8 +457,8 @@ class Embedded:
         if health.state in (HEALTHY, "starting"):
             log(f"s3: reusing pid {health.pid}")
         else:
-            if health.state == "unhealthy":
-                log(f"s3: {health.detail}; restarting")
+            if health.state in ("unhealthy", "dead"):
+                log(f"s3: {health.state} ({health.detail or 'its process is gone'}); restarting")
                 self._stop_group(["s3"])
             check_ports_free(self.ports.weed(), "the S3 server (SeaweedFS)")
             self.ensure_identities()
@@ -778,17 +783,28 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def check_ports_free(ports: Iterable[int], what: str) -> None:
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports_free(ports: Iterable[int], what: str, *, wait: float = 5) -> None:
+    """Raise StackError naming the first port that stays taken for ``wait`` seconds (a server killed a moment ago
+    can hold its ports that long)."""
     for port in ports:
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
+        deadline = time.monotonic() + wait
+        while not _port_free(port):
+            if time.monotonic() > deadline:
                 raise StackError(
                     f"port {port} on 127.0.0.1, needed by {what}, is taken by another program; choose others with "
                     "YOLONAS_PORT_<NAME>=... (README, Quick start)"
-                ) from None
+                )
+            time.sleep(0.5)
 
 
 def start_postgres(pgdata: Path) -> None:

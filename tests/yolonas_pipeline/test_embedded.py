@@ -79,6 +79,8 @@ def test_ports_default_to_the_components_own_and_can_be_moved() -> None:
     assert (moved.api, moved.s3, moved.filer, moved.master) == (18080, 18333, 18888, 9333)
     free = Ports.free()
     assert len(set(vars(free).values())) == len(vars(free))
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(10000 <= port < low for port in vars(free).values())  # never an ephemeral (outgoing) port
 
 
 def test_a_taken_port_is_named() -> None:
@@ -89,7 +91,7 @@ def test_a_taken_port_is_named() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(StackError, match=f"port {port} .* the S3 server"):
-            check_ports_free([port], "the S3 server")
+            check_ports_free([port], "the S3 server", wait=0.5)
 
 
 # -- the whole stack ----------------------------------------------------------------------------------------------
@@ -273,6 +275,21 @@ def test_a_killed_scheduler_is_reported_stalls_a_run_briefly_and_comes_back(
     assert all(h.ok for h in stack.health())
     # The run that waited is picked up by the new scheduler.
     assert api.follow(DAG_ID, run_id, timeout=600, echo=False, stalled=stack.scheduler_problem) == "success"
+
+
+def test_a_killed_s3_server_is_reported_and_restarted_with_its_objects(stack: Embedded) -> None:
+    before = objects(stack)
+    old = stack.running("s3")
+    assert old is not None and before
+    os.killpg(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while stack.running("s3") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stack.s3_health().state == "dead"
+
+    stack.up()
+    assert stack.running("s3") not in (None, old)
+    assert objects(stack) == before
 
 
 def test_status_of_a_stack_that_never_started(tmp_path: Path) -> None:
