@@ -23,9 +23,9 @@ COMPOSE_FILE = REPO / "docker-compose.yaml"
 SETTING = re.compile(r"^(AIRFLOW__|YOLONAS_)")
 #: Settings a launcher may set on its own, and why they differ between deployments.
 LAUNCHER_SPECIFIC = {
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "Postgres in compose, SQLite under the embedded AIRFLOW_HOME",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "PostgreSQL in both, reached over the network in compose, a socket embedded",
     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "the api-server's address on each launcher's network",
-    "AIRFLOW__CORE__AUTH_MANAGER": "FAB users in compose (as upstream); SimpleAuthManager in `airflow standalone`",
+    "AIRFLOW__CORE__AUTH_MANAGER": "FAB users in compose (as upstream); SimpleAuthManager on the embedded default",
     "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "the embedded default's login",
     "AIRFLOW__CELERY__RESULT_BACKEND": "celery profile plumbing",
     "AIRFLOW__CELERY__BROKER_URL": "celery profile plumbing",
