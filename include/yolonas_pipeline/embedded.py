@@ -39,7 +39,8 @@ from typing import Any, cast
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "yolonas_training"
 #: Small enough for a CPU: two epochs at 160 px take about a minute on two cores.
-DEMO_CONF = {"epochs": 2, "batch_size": 8, "input_size": 160, "workers": 0, "mixed_precision": False}
+# force: every demo trains (without it, a second demo reuses the first one's bundle: same inputs, same model).
+DEMO_CONF = {"epochs": 2, "batch_size": 8, "input_size": 160, "workers": 0, "mixed_precision": False, "force": True}
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 COMPONENTS = ("postgres", "s3", *AIRFLOW_COMPONENTS)
 #: The key of /api/v2/monitor/health that tells whether each Airflow job runs (the API server answers itself).
@@ -882,7 +883,14 @@ def print_summary(stack: Embedded, api: AirflowApi, run_id: str, state: str) -> 
     for ti in api.task_instances(DAG_ID, run_id):
         duration = ti.get("duration")
         print(f"  {ti['task_id']:<20} {ti['state'] or '-':<10} {duration or 0:8.1f} s")
-    if state == "success":
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG_ID, run_id)}
+    if state == "success" and states.get("publish") != "success":
+        plan = api.xcom(DAG_ID, run_id, "preflight")
+        if plan.get("reused_bundle_uri"):
+            print(f"\nreused {plan['reused_bundle_uri']}: it was trained from the same inputs (set force to retrain)")
+        else:
+            print("\npreflight run: stopped before training; the plan is the preflight task's XCom")
+    elif state == "success":
         metrics = api.xcom(DAG_ID, run_id, "evaluate")
         bundle = api.xcom(DAG_ID, run_id, "publish")
         print(
