@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import crown_champion
+from conftest import crown_champion, shift_class_balance
 
 from yolonas_pipeline.embedded import AirflowApi, Embedded, Ports
 from yolonas_pipeline.materialize import MaterializeRequest, materialize
@@ -31,19 +31,6 @@ T = TypeVar("T")
 STAGES = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
 #: The drift runs compare with (and the retraining they start publishes to) a prefix other than the default.
 PREFIX = "team-a/models"
-
-
-def shift_class_balance(source: Path, destination: Path, *, to_class: int = 0, keep_every: int = 4) -> Path:
-    """A copy of a cppe-5-layout dataset where all but every ``keep_every``-th image's boxes become one class."""
-    from datasets import load_from_disk
-
-    def relabel(row: dict[str, Any], index: int) -> dict[str, Any]:
-        if index % keep_every != keep_every - 1:
-            row["objects"]["category"] = [to_class for _ in row["objects"]["category"]]
-        return row
-
-    load_from_disk(str(source)).map(relabel, with_indices=True).save_to_disk(str(destination))
-    return destination
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ set the training stage uses, failing fast when the architecture differs from the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import re
@@ -24,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from yolonas_pipeline import contracts
-from yolonas_pipeline.contracts import ClassPlan
+from yolonas_pipeline.contracts import CheckpointInfo, ClassPlan
 from yolonas_pipeline.errors import CheckpointError, StageInputError
 from yolonas_pipeline.safe_unpickle import RestrictedUnpickler, TensorMeta, _guarded, restricted_load
 from yolonas_pipeline.storage import Storage, is_s3_uri
@@ -52,26 +50,6 @@ _EOCD_SIG, _EOCD64_LOC_SIG, _EOCD64_SIG = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06
 _CDH_SIG, _LFH_SIG = b"PK\x01\x02", b"PK\x03\x04"
 _CDH = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _LFH = struct.Struct("<4sHHHHHIIIHH")
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What a checkpoint holds, as read from its pickle's tensor metadata (no tensor bytes are read)."""
-
-    uri: str
-    size_bytes: int
-    bytes_read: int  # bytes actually read (transferred, on S3) to inspect it, SHA-256 streaming included
-    state_dict_key: str  # "ema_net" | "net" | "" (the top level is the state dict)
-    num_classes: int  # detection: cls_pred rows; pose: cls_pred rows minus the keypoint confidences
-    architecture: str  # one of MODEL_NAMES, or "unknown (head widths a/b/c)"
-    num_keypoints: int | None
-    class_names: list[str] | None  # processing_params["class_names"] when present
-    epoch: int | None
-    metrics: dict[str, float] | None  # the validation metrics; training ones prefixed "train/"
-    sha256: str | None  # set when verified against an expected value
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # -- reading -------------------------------------------------------------------------------------------------
@@ -512,5 +490,5 @@ def plan_classes(info: CheckpointInfo | None, *, dataset_class_names: Sequence[s
         checkpoint_uri=info.uri,
         checkpoint_num_classes=info.num_classes,
         warnings=warnings,
-        checkpoint=contracts.CheckpointInfo(**info.to_dict()),
+        checkpoint=info,
     )

@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from yolonas_pipeline import contracts
 from yolonas_pipeline.checkpoint import CheckpointInfo, ClassPlan, inspect_checkpoint, plan_classes
 from yolonas_pipeline.errors import CheckpointError, StageInputError
 from yolonas_pipeline.storage import Storage
@@ -466,7 +465,7 @@ def test_plan_counts_match(s_info: CheckpointInfo) -> None:
         class_names=["dog", "cat", "bird"],
         checkpoint_uri=s_info.uri,
         checkpoint_num_classes=3,
-        checkpoint=contracts.CheckpointInfo(**s_info.to_dict()),
+        checkpoint=s_info,
     )
     json.dumps(plan.to_dict())
 
