@@ -430,7 +430,7 @@ def test_s3_ranged_reads(sg_checkpoints: Checkpoints, moto_s3: Any) -> None:
     storage = Storage(moto_s3.client)
     info = inspect_checkpoint(uri, storage=storage)
     local = inspect_checkpoint(str(path), storage=Storage())
-    assert dataclasses.replace(info, uri=local.uri) == local
+    assert info.model_copy(update={"uri": local.uri}) == local
     assert info.bytes_read == storage.stats.bytes_read  # what went over the network
     assert storage.stats.requests == 2  # the tail (end records + central directory), then data.pkl
     assert info.bytes_read < 0.01 * info.size_bytes
@@ -491,7 +491,7 @@ def test_plan_names_differ_warns(s_info: CheckpointInfo) -> None:
     assert "'dog' -> 'car'" in plan.warnings[0]
     reordered = plan_classes(s_info, dataset_class_names=["cat", "dog", "bird"], model_name="yolo_nas_s")
     assert "different order" in reordered.warnings[0]
-    unnamed = dataclasses.replace(s_info, class_names=None)
+    unnamed = s_info.model_copy(update={"class_names": None})
     assert plan_classes(unnamed, dataset_class_names=["x", "y", "z"], model_name="yolo_nas_s").warnings == []
 
 
