@@ -778,7 +778,8 @@ def _group_alive(pgid: int) -> bool:
     import psutil
 
     for process in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error):
+        # OSError: a process that exits between the listing and getpgid (ProcessLookupError) is not in the group.
+        with contextlib.suppress(psutil.Error, OSError):
             if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
                 return True
     return False

@@ -46,6 +46,9 @@ OPSET = 17
 MAX_BOX_DIFF_PX = 0.5
 MAX_SCORE_DIFF = 1e-3
 MIN_IOU = 0.99
+#: float32 IoUs computed by onnxruntime and by PyTorch can fall on either side of the NMS threshold when a pair
+#: of boxes overlaps by almost exactly that much; such a pair may be suppressed on one side only.
+IOU_TOLERANCE = 1e-3
 
 
 class ExportMismatchError(RuntimeError):
@@ -112,7 +115,12 @@ def export_onnx(
     rgb_nchw = padded_bgr[:, :, ::-1].transpose(2, 0, 1)[None].copy()
     raw_check = compare_raw(run_onnx(raw_path, rgb_nchw), reference["raw"])
     nms_check = compare_nms(
-        run_onnx(nms_path, rgb_nchw)[0], reference["detections"], reference["raw"], iou_threshold=iou_threshold
+        run_onnx(nms_path, rgb_nchw)[0],
+        reference["detections"],
+        reference["raw"],
+        iou_threshold=iou_threshold,
+        score_threshold=score_threshold,
+        max_predictions=max_predictions,
     )
     checks: dict[str, dict[str, Any]] = {"raw": raw_check, "nms": nms_check}
     report: dict[str, Any] = {
@@ -261,7 +269,15 @@ def compare_raw(onnx_outputs: list[np.ndarray], reference: np.ndarray) -> dict[s
     return {"anchors": len(boxes), "max_box_diff": box_diff, "max_score_diff": score_diff, "problem": problem}
 
 
-def compare_nms(flat: np.ndarray, reference: np.ndarray, raw: np.ndarray, *, iou_threshold: float) -> dict[str, Any]:
+def compare_nms(
+    flat: np.ndarray,
+    reference: np.ndarray,
+    raw: np.ndarray,
+    *,
+    iou_threshold: float,
+    score_threshold: float | None = None,
+    max_predictions: int | None = None,
+) -> dict[str, Any]:
     """Compare onnxruntime's NMS rows ``[image, x1, y1, x2, y2, score, class]`` with PyTorch's detections
     ``[x1, y1, x2, y2, score, class]``.
 
@@ -271,7 +287,9 @@ def compare_nms(flat: np.ndarray, reference: np.ndarray, raw: np.ndarray, *, iou
       score within ``MAX_SCORE_DIFF``;
     - a detection left over on either side must be explained by NMS picking differently among near-equal
       scores: the other side kept a box of the same class, at least as confident, that overlaps it by more
-      than the NMS IoU (an untrained model scores every box alike, so this happens).
+      than the NMS IoU (an untrained model scores every box alike, so this happens), within ``IOU_TOLERANCE``
+      of it; or its score sits on the score threshold, or at the cut to ``max_predictions`` when the other side
+      reached it, within ``MAX_SCORE_DIFF``.
     """
     onnx_boxes, onnx_scores = flat[:, 1:5].astype(np.float64), flat[:, 5].astype(np.float64)
     onnx_labels = flat[:, 6].astype(np.int64)
@@ -296,14 +314,21 @@ def compare_nms(flat: np.ndarray, reference: np.ndarray, raw: np.ndarray, *, iou
             j = int(np.argmax(np.where(ok, ious[i], -1.0)))
             used[j] = ref_matched[i] = True
             box_diffs.append(float(np.abs(onnx_boxes[j] - ref_boxes[i]).max()))
-    suppressing = ious > iou_threshold - 1e-6
+    suppressing = ious > iou_threshold - IOU_TOLERANCE
+
+    def on_a_boundary(score: float, other_side_scores: np.ndarray) -> bool:
+        at_threshold = score_threshold is not None and abs(score - score_threshold) <= MAX_SCORE_DIFF
+        other_full = max_predictions is not None and len(other_side_scores) >= max_predictions
+        at_cut = other_full and score <= float(other_side_scores.min()) + MAX_SCORE_DIFF
+        return bool(at_threshold or at_cut)
+
     unexplained = 0
     for i in map(int, np.flatnonzero(~ref_matched)):
-        unexplained += int(not (same_class[i] & suppressing[i] & (onnx_scores >= ref_scores[i] - MAX_SCORE_DIFF)).any())
+        tie = (same_class[i] & suppressing[i] & (onnx_scores >= ref_scores[i] - MAX_SCORE_DIFF)).any()
+        unexplained += int(not (tie or on_a_boundary(float(ref_scores[i]), onnx_scores)))
     for j in map(int, np.flatnonzero(~used)):
-        unexplained += int(
-            not (same_class[:, j] & suppressing[:, j] & (ref_scores >= onnx_scores[j] - MAX_SCORE_DIFF)).any()
-        )
+        tie = (same_class[:, j] & suppressing[:, j] & (ref_scores >= onnx_scores[j] - MAX_SCORE_DIFF)).any()
+        unexplained += int(not (tie or on_a_boundary(float(onnx_scores[j]), ref_scores)))
 
     problem = None
     if not_candidates:

@@ -65,6 +65,41 @@ def test_a_missing_detection_is_caught() -> None:
     assert "beyond ties in NMS" in check["problem"]
 
 
+def test_a_pair_overlapping_by_the_nms_threshold_may_be_suppressed_on_one_side_only() -> None:
+    raw = raw_candidates()
+    iou = float(compare_iou(raw[0, :4], raw[1, :4]))
+    # PyTorch kept both boxes (their IoU is at most its threshold); onnxruntime's float32 IoU came out a hair above.
+    check = compare_nms(onnx_rows((0, 0)), torch_rows((0, 0), (1, 0)), raw, iou_threshold=iou + 5e-4)
+    assert check["problem"] is None
+    assert (
+        "beyond ties"
+        in compare_nms(onnx_rows((0, 0)), torch_rows((0, 0), (1, 0)), raw, iou_threshold=iou + 0.05)["problem"]
+    )
+
+
+def test_a_detection_on_the_score_threshold_may_be_kept_on_one_side_only() -> None:
+    raw = raw_candidates()  # box 2, class 0 scores 0.20
+    rows = onnx_rows((0, 0))
+    kept_by_torch = torch_rows((0, 0), (2, 0))
+    assert compare_nms(rows, kept_by_torch, raw, iou_threshold=0.7, score_threshold=0.2005)["problem"] is None
+    assert (
+        "beyond ties"
+        in compare_nms(rows, torch_rows((0, 0), (2, 0)), raw, iou_threshold=0.7, score_threshold=0.1)["problem"]
+    )
+
+
+def test_the_last_detection_at_the_max_predictions_cut_may_differ() -> None:
+    raw = raw_candidates()
+    check = compare_nms(onnx_rows((0, 0)), torch_rows((0, 0), (2, 0)), raw, iou_threshold=0.7, max_predictions=1)
+    assert check["problem"] is None
+
+
+def compare_iou(a: np.ndarray, b: np.ndarray) -> float:
+    from yolonas_pipeline.trainer.export import box_iou
+
+    return float(box_iou(a[None].astype(np.float64), b[None].astype(np.float64))[0, 0])
+
+
 def test_raw_outputs_are_compared_element_wise() -> None:
     raw = raw_candidates()
     assert compare_raw([raw[None, :, :4], raw[None, :, 4:]], raw)["problem"] is None
