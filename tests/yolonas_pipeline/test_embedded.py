@@ -249,6 +249,7 @@ def test_a_published_bundle_and_the_champion_survive_stop_and_start(stack: Embed
 def test_a_killed_scheduler_is_reported_stalls_a_run_briefly_and_comes_back(
     stack: Embedded, sample_dataset: Path
 ) -> None:
+    stack.up()  # reuses what is healthy: this test does not depend on the state the one before left
     old = stack.running("scheduler")
     assert old is not None
     os.killpg(old, signal.SIGKILL)
