@@ -602,7 +602,9 @@ class Embedded:
         client = self.s3_client()
         existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
         if self.bucket not in existing:
-            client.create_bucket(Bucket=self.bucket)
+            # A bucket created a moment ago (by a concurrent start, or one the listing did not show yet) is ours.
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=self.bucket)
 
     def s3_client(self, timeout: float = 60) -> Any:
         import boto3
