@@ -144,8 +144,17 @@ def trained_run(stack: Embedded, png_dataset: Path) -> str:
     run_id = api.trigger(DAG_ID, {"dataset_source": str(png_dataset), **SMALL_RUN})
     state = api.follow(DAG_ID, run_id, timeout=900, echo=False, stalled=stack.scheduler_problem)
     tasks = {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG_ID, run_id)}
-    assert state == "success", (tasks, stack.log_tail("scheduler", 60))
+    assert state == "success", (tasks, failed_task_logs(stack, run_id, tasks), stack.log_tail("scheduler", 30))
     return run_id
+
+
+def failed_task_logs(stack: Embedded, run_id: str, tasks: dict[str, str], lines: int = 40) -> str:
+    """The last lines of each failed task's log, so a failure in CI says why."""
+    tails = []
+    for task_id in (task for task, state in tasks.items() if state == "failed"):
+        for log in sorted((stack.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id={task_id}/*.log")):
+            tails.append(f"{log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(tails) or "(no task logs found)"
 
 
 def make_status(stack: Embedded) -> subprocess.CompletedProcess[str]:
