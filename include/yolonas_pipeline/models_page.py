@@ -173,7 +173,7 @@ def read_model(models_uri: str, model: str, *, storage: Storage) -> ModelView:
             problems.append(str(exc))
             continue
         runs.append(_run_view(manifest, bundle, champion))
-    runs.sort(key=lambda run: run.published_at, reverse=True)
+    runs.sort(key=lambda run: (run.published_at, run.run_id), reverse=True)
     return ModelView(
         model=model,
         models_uri=models_uri,
