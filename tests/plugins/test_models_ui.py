@@ -160,7 +160,7 @@ def test_the_viewer_serves_only_authenticated_users(stack: Embedded, published_r
     assert get(dataset_manifest, valid)[0] == 404
     assert get(f"{stack.api_url}/yolonas/files/models/../datasets/x", valid)[0] == 404
     page = get(f"{stack.api_url}/yolonas/models/yolo_nas_s", valid)[2].decode()
-    assert stack.s3_url not in page and "X-Amz-Signature" not in page and "s3://" + stack.bucket + "/models/y" not in page
+    assert stack.s3_url not in page and "X-Amz-Signature" not in page
 
 
 def test_the_models_page_shows_the_champion_and_the_runs_plots(
