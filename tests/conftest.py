@@ -283,7 +283,7 @@ def sample_metrics(*, map_50_95: float, metrics_uri: str, class_names: tuple[str
     per_class = {
         name: {
             "ap_50": min(1.0, map_50_95 + 0.2),
-            "ap_50_95": round(map_50_95 + (0.02 if index % 2 else -0.02), 4),
+            "ap_50_95": max(0.0, round(map_50_95 + (0.02 if index % 2 else -0.02), 4)),
             "boxes": 10,
             "images": 5,
             "predictions": 12,
@@ -333,6 +333,7 @@ def publish_sample_bundle(
     map_50_95: float,
     training_curves: bool = True,
     model_name: str = "yolo_nas_s",
+    class_names: tuple[str, ...] = ("coverall", "mask"),
 ) -> Any:
     """Publish a small bundle (real PNG plots, a valid metrics.json) with the real publish code and its gate.
 
@@ -356,7 +357,9 @@ def publish_sample_bundle(
         ImageDraw.Draw(image).rectangle((20, 20, 100 + 40 * index, 180), outline=(200, 30, 30), width=4)
         image.save(path)
     (evaluate_dir / "predictions.json").write_text("[]")
-    metrics = sample_metrics(map_50_95=map_50_95, metrics_uri=str(evaluate_dir / "metrics.json"))
+    metrics = sample_metrics(
+        map_50_95=map_50_95, metrics_uri=str(evaluate_dir / "metrics.json"), class_names=class_names
+    )
     metrics = metrics.model_copy(update={"plots": plots})
     metrics.write(str(evaluate_dir / "metrics.json"), storage=storage)
 

