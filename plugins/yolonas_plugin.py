@@ -51,7 +51,6 @@ app = FastAPI(
 
 @app.get("/files/{key:path}", summary="Stream one artifact of the pipeline's bucket")
 async def get_file(key: str) -> StreamingResponse:
-    key = urllib.parse.unquote(key)
     if not models_page.allowed_key(key):
         raise HTTPException(status_code=404, detail="not an artifact of this pipeline")
     storage, bucket = _storage(), settings.load().bucket
