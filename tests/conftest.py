@@ -265,3 +265,134 @@ def crown_champion(
         source="crown_champion",
     ).write(pointer_uri, storage=storage)
     return pointer_uri
+
+
+# -- published bundles (the Models page, the viewer, extra links) -------------------------------------------------
+
+SAMPLE_PLOTS = {
+    "pr_curves": "plots/pr_curves.png",
+    "confusion_matrix": "plots/confusion_matrix.png",
+    "sample_predictions": "plots/sample_predictions.png",
+}
+
+
+def sample_metrics(*, map_50_95: float, metrics_uri: str, class_names: tuple[str, ...] = ("coverall", "mask")) -> Any:
+    """A valid :class:`Metrics` document with per-class AP around ``map_50_95`` and the three evaluation plots."""
+    from yolonas_pipeline.contracts import Metrics
+
+    per_class = {
+        name: {
+            "ap_50": min(1.0, map_50_95 + 0.2),
+            "ap_50_95": max(0.0, round(map_50_95 + (0.02 if index % 2 else -0.02), 4)),
+            "boxes": 10,
+            "images": 5,
+            "predictions": 12,
+            "precision": 0.5,
+            "recall": 0.5,
+            "f1": 0.5,
+        }
+        for index, name in enumerate(class_names)
+    }
+    return Metrics.parse(
+        {
+            "map_50": min(1.0, map_50_95 + 0.2),
+            "map_50_95": map_50_95,
+            "precision": 0.5,
+            "recall": 0.5,
+            "f1": 0.5,
+            "best_f1": {"f1": 0.5, "threshold": 0.3},
+            "per_class": per_class,
+            "confusion_matrix": {},
+            "worst_images": [],
+            "split": "test",
+            "images": 5,
+            "class_names": list(class_names),
+            "dataset_uri": "s3://somewhere/datasets/fp",
+            "dataset_fingerprint": "fp",
+            "checkpoint_uri": "s3://somewhere/ckpt_best.pth",
+            "model_name": "yolo_nas_s",
+            "input_size": 128,
+            "thresholds": {"score": 0.1, "iou": 0.7},
+            "predictions": "predictions.json",
+            "plots": dict(SAMPLE_PLOTS),
+            "device": "cpu",
+            "gpus": 0,
+            "seconds": 1.0,
+            "metrics_uri": metrics_uri,
+        },
+        source="sample_metrics",
+    )
+
+
+def publish_sample_bundle(
+    storage: Storage,
+    models_uri: str,
+    work: Path,
+    *,
+    run_id: str,
+    map_50_95: float,
+    training_curves: bool = True,
+    model_name: str = "yolo_nas_s",
+    class_names: tuple[str, ...] = ("coverall", "mask"),
+) -> Any:
+    """Publish a small bundle (real PNG plots, a valid metrics.json) with the real publish code and its gate.
+
+    The evaluate output is written under ``work``; returns the :class:`PublishResult` the publish task would push.
+    """
+    from PIL import Image, ImageDraw
+
+    from yolonas_pipeline.contracts import PublishResult, safe_segment
+    from yolonas_pipeline.promote import champion_uri
+    from yolonas_pipeline.publish import Gate, publish_bundle
+    from yolonas_pipeline.storage import join_uri
+
+    evaluate_dir = work / safe_segment(run_id) / "evaluate"
+    plots = dict(SAMPLE_PLOTS)
+    if training_curves:
+        plots["results"] = "results.png"
+    for index, relative in enumerate(sorted(plots.values())):
+        path = evaluate_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.new("RGB", (320, 200), (255, 255, 255))
+        ImageDraw.Draw(image).rectangle((20, 20, 100 + 40 * index, 180), outline=(200, 30, 30), width=4)
+        image.save(path)
+    (evaluate_dir / "predictions.json").write_text("[]")
+    metrics = sample_metrics(
+        map_50_95=map_50_95, metrics_uri=str(evaluate_dir / "metrics.json"), class_names=class_names
+    )
+    metrics = metrics.model_copy(update={"plots": plots})
+    metrics.write(str(evaluate_dir / "metrics.json"), storage=storage)
+
+    artifacts = {"metrics.json": str(evaluate_dir / "metrics.json")}
+    artifacts.update({relative: str(evaluate_dir / relative) for relative in metrics.files()})
+    metadata = {
+        "run_id": run_id,
+        "model_name": model_name,
+        "class_names": metrics.class_names,
+        "input_size": metrics.input_size,
+        "dataset": {"uri": metrics.dataset_uri, "fingerprint": "fp"},
+        "base_weights": {"uri": None, "sha256": None},
+        "evaluation": {
+            "split": metrics.split,
+            "map_50": metrics.map_50,
+            "map_50_95": metrics.map_50_95,
+            "per_class_ap_50_95": {name: entry.ap_50_95 for name, entry in metrics.per_class.items()},
+        },
+        "training": {"epochs_completed": 1},
+        "compute": {"gpu_seconds": 0},
+    }
+    destination = join_uri(models_uri, model_name, safe_segment(run_id))
+    gate = Gate(
+        champion_uri=champion_uri(models_uri, model_name), metrics=metrics, model_name=model_name, run_id=run_id
+    )
+    published = publish_bundle(artifacts, destination_uri=destination, metadata=metadata, storage=storage, gate=gate)
+    return PublishResult(
+        bundle_uri=published.bundle_uri,
+        manifest_uri=published.manifest_uri,
+        files=sorted(published.files),
+        reused=published.reused,
+        champion_uri=gate.champion_uri,
+        promoted=bool(published.promotion and published.promotion.promote),
+        promotion_reasons=list(published.promotion.reasons) if published.promotion else [],
+        champion_update=published.champion_update,
+    )

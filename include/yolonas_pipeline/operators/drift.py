@@ -29,6 +29,7 @@ from yolonas_pipeline.drift import (
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.operators._aws import storage_for
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
+from yolonas_pipeline.operators.links import DRIFT_LINKS
 from yolonas_pipeline.run_settings import DriftSettings
 from yolonas_pipeline.storage import join_uri
 
@@ -99,6 +100,7 @@ class DetectDriftOperator(BaseOperator):
         "when_no_champion",
         "retrigger",
     )
+    operator_extra_links = DRIFT_LINKS
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from yolonas_pipeline import settings
 from yolonas_pipeline.contracts import ClassPlan, DatasetExport, Metrics, RunPlan, TrainResult
 from yolonas_pipeline.operators._aws import storage_for
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
+from yolonas_pipeline.operators.links import PUBLISH_LINKS
 from yolonas_pipeline.publish import LICENCE_NOTE, publish_run
 from yolonas_pipeline.run_settings import TrainingSettings
 
@@ -41,6 +42,7 @@ class PublishModelOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("dataset", "class_plan", "train_result", "metrics", "run_settings", "plan")
+    operator_extra_links = PUBLISH_LINKS
 
     def __init__(
         self,

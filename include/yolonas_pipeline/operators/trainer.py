@@ -25,6 +25,7 @@ from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.local_runner import LocalTrainerProcess
 from yolonas_pipeline.operators._aws import storage_for, trainer_environment
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
+from yolonas_pipeline.operators.links import TRAINER_LINKS
 
 #: The documents the two commands write, by command name.
 RESULTS: dict[str, type[TrainResult] | type[Metrics]] = {"train": TrainResult, "evaluate": Metrics}
@@ -68,6 +69,7 @@ class TrainerProcessOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("cmds", "arguments", "result_uri", "gpus")
+    operator_extra_links = TRAINER_LINKS
 
     def __init__(
         self,
@@ -120,6 +122,7 @@ class TrainerPodOperator(KubernetesPodOperator):
     """
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "result_uri")
+    operator_extra_links = (*KubernetesPodOperator.operator_extra_links, *TRAINER_LINKS)
 
     def __init__(
         self,
