@@ -12,7 +12,7 @@ from yolonas_pipeline import settings
 from yolonas_pipeline.contracts import ClassPlan, DatasetExport, Metrics, RunPlan, TrainResult
 from yolonas_pipeline.operators._aws import storage_for
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
-from yolonas_pipeline.publish import LICENCE_NOTE, publish_run
+from yolonas_pipeline.publish import LICENCE_NOTE, model_event_extra, publish_run
 from yolonas_pipeline.run_settings import TrainingSettings
 
 __all__ = ["LICENCE_NOTE", "PublishModelOperator"]
@@ -37,6 +37,10 @@ class PublishModelOperator(BaseOperator):
     :param plan: the preflight task's :class:`~yolonas_pipeline.contracts.RunPlan`; its training key goes into
         the manifest, so a later run with the same inputs reuses this bundle. (templated)
     :param gate: run the promotion gate at all (False: publish only).
+
+    Each Asset in ``outlets`` (the DAG's ``yolonas_model``) gets an event whose extra holds the run id, the
+    model, its mAP@0.50 and mAP@0.50:0.95, whether it was promoted, the gate's reasons and the bundle URI
+    (:func:`~yolonas_pipeline.publish.model_event_extra`); Airflow emits it only when the task succeeds.
     :param aws_conn_id: Airflow connection for S3.
     """
 
@@ -86,4 +90,7 @@ class PublishModelOperator(BaseOperator):
             "PROMOTED" if result.promoted else "not promoted",
             result.champion_update,
         )
+        extra = model_event_extra(result, run_id=context["run_id"])
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = extra
         return result.to_xcom()
