@@ -44,24 +44,34 @@ def note_run(dag_run: DagRun, *, succeeded: bool) -> None:
         from sqlalchemy.orm import object_session
 
         session = object_session(dag_run)
-        if session is None:
-            log.warning("run %s is in no session; its note is not set", dag_run.run_id)
-            return
-        existing = dag_run.dag_run_note
-        if existing is not None and existing.user_id:
-            return  # a person's note
-        note = run_note(
-            succeeded=succeeded,
-            plan=_return_value(session, dag_run, PREFLIGHT_TASK),
-            published=_return_value(session, dag_run, PUBLISH_TASK),
-            failed_tasks=_failed_tasks(dag_run, session) if not succeeded else (),
-        )
-        if note is not None:
-            dag_run.note = note
+        if session is not None:  # the scheduler's session: its commit stores the note with the run's state
+            _set_note(session, dag_run, succeeded=succeeded)
             session.flush()
-            log.info("run %s: note %r", dag_run.run_id, note)
+            return
+        # dag.test() hands over a detached run: note it in a session of our own.
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+
+        with create_session() as own:
+            attached = own.query(DagRun).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).one()
+            _set_note(own, attached, succeeded=succeeded)
     except Exception:  # a note is not worth a scheduler crash
         log.exception("could not set the note of run %s", dag_run.run_id)
+
+
+def _set_note(session: Session, dag_run: DagRun, *, succeeded: bool) -> None:
+    existing = dag_run.dag_run_note
+    if existing is not None and existing.user_id:
+        return  # a person's note
+    note = run_note(
+        succeeded=succeeded,
+        plan=_return_value(session, dag_run, PREFLIGHT_TASK),
+        published=_return_value(session, dag_run, PUBLISH_TASK),
+        failed_tasks=_failed_tasks(dag_run, session) if not succeeded else (),
+    )
+    if note is not None:
+        dag_run.note = note
+        log.info("run %s: note %r", dag_run.run_id, note)
 
 
 def _return_value(session: Session, dag_run: DagRun, task_id: str) -> dict[str, Any] | None:

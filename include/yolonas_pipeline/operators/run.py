@@ -163,11 +163,13 @@ def plan_stages(
     event_asset: str | None = None,
     fixed: Mapping[str, Any] | None = None,
     dataset_outlets: Sequence[Asset] = (),
+    gate: bool = True,
 ) -> PlanStages:
     """``settings`` -> ``materialize`` -> ``inspect_checkpoint`` -> ``preflight``, declared in the current DAG.
 
     ``yolonas_training`` and ``yolonas_preflight`` share them, so a preflight plans exactly what a training run
-    would. ``preflight`` is a short circuit: a preflight run (or one that reuses a bundle) stops there.
+    would. With ``gate``, ``preflight`` is a short circuit: a preflight run (or one that reuses a bundle) stops
+    there; without (a DAG that ends at the plan), a plain task returning the plan.
     """
 
     @task(task_id="settings", multiple_outputs=True)
@@ -196,15 +198,20 @@ def plan_stages(
         checkpoint_sha256=run["checkpoint_sha256"],
     )
 
-    @task.short_circuit(task_id="preflight", ignore_downstream_trigger_rules=True)
-    def preflight(
+    def what_the_run_will_do(
         run_settings: dict[str, Any], dataset: dict[str, Any], class_plan: dict[str, Any], **context: Any
     ) -> Any:
         """What the run will do; a preflight run stops here (the later tasks are skipped)."""
+        if not gate:
+            return preflight(run_settings, dataset, class_plan, context).to_xcom()
         return preflight_gate(run_settings, dataset, class_plan, context)
 
+    if gate:
+        decorate = task.short_circuit(task_id="preflight", ignore_downstream_trigger_rules=True)
+    else:  # without downstream tasks a short circuit's False would replace the plan as the return value
+        decorate = task(task_id="preflight")
     class_plan: Any = inspect_checkpoint.output
-    plan = preflight(run, dataset, class_plan)
+    plan = decorate(what_the_run_will_do)(run, dataset, class_plan)
     return PlanStages(run, materialize, inspect_checkpoint, plan)
 
 
