@@ -12,7 +12,12 @@
 5. **train** runs the trainer command (Kubernetes pod or local subprocess: the deployment's
    `YOLONAS_BACKEND`), resuming from the last epoch uploaded when retried;
 6. **evaluate** scores the best checkpoint on the test split (validation if there is none);
-7. **publish** copies the bundle to `s3://<bucket>/<prefix>/<model>/<run>/` with `manifest.json` last.
+7. **publish** copies the bundle to `s3://<bucket>/<prefix>/<model>/<run>/` with `manifest.json` last, runs
+   the promotion gate and emits an event on the `yolonas_model` Asset (run, mAP, promoted, reasons, bundle).
+
+One run at a time. **A preflight does not wait for a training run**: trigger `yolonas_preflight` (the same
+first four tasks, stopping at the plan). A listener notes each finished run: `PREFLIGHT`,
+`mAP@.5:.95 0.412 PROMOTED (champion was 0.398)`, `not promoted: <reason>`.
 
 **Three ways to start it**: the trigger form (every field validated against its schema), the cron in
 `YOLONAS_TRAINING_SCHEDULE`, and the `yolonas_drift` Asset (the run then trains on the drifted data).
@@ -22,20 +27,21 @@ Stages hand each other URIs and small typed documents (`yolonas_pipeline.contrac
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset
 
 from yolonas_pipeline import settings
 from yolonas_pipeline.callbacks import log_failure
-from yolonas_pipeline.operators import InspectCheckpointOperator, MaterializeDatasetOperator, PublishModelOperator
+from yolonas_pipeline.operators import PublishModelOperator
 from yolonas_pipeline.operators.drift import DRIFT_ASSET_NAME, drift_asset, schedule_from_env
-from yolonas_pipeline.operators.run import preflight_gate, resolve_run_settings
+from yolonas_pipeline.operators.run import plan_stages
 from yolonas_pipeline.operators.trainer import trainer_task
 from yolonas_pipeline.run_settings import TrainingSettings, defaults_with, form_params, json_from_env
 
 config = settings.load()
 DATASET_ASSET = Asset(name="yolonas_dataset", uri=f"{config.datasets_uri}/")
+#: Every publish emits an event on it: the Assets view is the model history (run, mAP, promoted, bundle).
+MODEL_ASSET = Asset(name="yolonas_model", uri=f"{config.models_uri}/")
 DEFAULTS = defaults_with(
     TrainingSettings,
     {
@@ -69,39 +75,9 @@ with DAG(
     on_failure_callback=on_failure,
     params=form_params(TrainingSettings, DEFAULTS),
 ) as dag:
-
-    @task(task_id="settings", multiple_outputs=True)
-    def run_settings(**context: Any) -> dict[str, Any]:
-        """The run's settings, validated once; every task reads them from here."""
-        return resolve_run_settings(TrainingSettings, context, event_asset=DRIFT_ASSET_NAME)
-
-    run = run_settings()
-    materialize = MaterializeDatasetOperator(
-        task_id="materialize",
-        source=run["dataset_source"],
-        revision=run["dataset_revision"],
-        schema=run["schema"],
-        split_map=run["split_map"],
-        outlets=[DATASET_ASSET],
-        retries=2,
-        retry_delay=timedelta(seconds=30),
+    run, materialize, inspect_checkpoint, plan = plan_stages(
+        event_asset=DRIFT_ASSET_NAME, dataset_outlets=[DATASET_ASSET]
     )
-    inspect_checkpoint = InspectCheckpointOperator(
-        task_id="inspect_checkpoint",
-        dataset=materialize.output,
-        model_name=run["model_name"],
-        checkpoint_uri=run["checkpoint_uri"],
-        checkpoint_sha256=run["checkpoint_sha256"],
-    )
-
-    @task.short_circuit(task_id="preflight", ignore_downstream_trigger_rules=True)
-    def preflight(
-        run_settings: dict[str, Any], dataset: dict[str, Any], class_plan: dict[str, Any], **context: Any
-    ) -> Any:
-        """What the run will do; a preflight run stops here (the later tasks are skipped)."""
-        return preflight_gate(run_settings, dataset, class_plan, context)
-
-    plan = preflight(run, materialize.output, inspect_checkpoint.output)
     train = trainer_task(task_id="train", plan=plan, command="train", retries=2, retry_delay=timedelta(minutes=1))
     evaluate = trainer_task(
         task_id="evaluate", plan=plan, command="evaluate", retries=1, retry_delay=timedelta(seconds=30)
@@ -114,6 +90,7 @@ with DAG(
         metrics=evaluate.output,
         run_settings=run,
         plan=plan,
+        outlets=[MODEL_ASSET],
         retries=2,
         retry_delay=timedelta(seconds=30),
     )

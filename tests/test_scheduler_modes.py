@@ -26,6 +26,7 @@ from yolonas_pipeline.storage import Storage
 
 TRAINING = "yolonas_training"
 DRIFT = "yolonas_drift"
+PREFLIGHT = "yolonas_preflight"
 TINY = {"epochs": 1, "batch_size": 8, "input_size": 96, "workers": 0, "mixed_precision": False}
 T = TypeVar("T")
 STAGES = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
@@ -60,6 +61,7 @@ def api(stack: Embedded) -> AirflowApi:
     client = patient(stack.api)
     patient(lambda: client.wait_for_dag(TRAINING))
     patient(lambda: client.wait_for_dag(DRIFT))
+    patient(lambda: client.wait_for_dag(PREFLIGHT))
     return client
 
 
@@ -144,6 +146,8 @@ def test_the_form_refuses_bad_values_over_rest_and_a_preflight_run_stops_before_
     assert plan["preflight"] is True and plan["training"]["epochs"] == 1
     assert plan["dataset"]["source"] == str(stack.sample_dataset)
     assert plan["outputs"]["run_uri"].startswith(f"s3://{stack.bucket}/runs/")
+    # the scheduler's listener (plugins/yolonas_listeners.py) noted how the run ended
+    assert patient(lambda: api.run(TRAINING, run_id))["note"] == "PREFLIGHT"
 
 
 def test_a_scheduled_run_goes_through_the_scheduler(stack: Embedded, api: AirflowApi) -> None:
@@ -189,8 +193,25 @@ def test_identical_data_does_not_retrain_and_a_shifted_class_balance_does(stack:
 
     # ... which starts exactly one training run, on the drifted data, that trains.
     retrain = wait_for_run(api, TRAINING, "asset_triggered", after=retrains_before, timeout=180)
+    preflight_beside_a_training_run(stack, api, retrain)
     states = follow(stack, api, TRAINING, retrain, timeout=900)
     assert states == dict.fromkeys(STAGES, "success")
+    published = xcom(api, TRAINING, retrain, "publish")
+    note = patient(lambda: api.run(TRAINING, retrain))["note"]
+    if published["promoted"]:
+        assert note.startswith(f"mAP@.5:.95 {published['map_50_95']:.3f} PROMOTED ("), note
+    else:
+        assert note == "not promoted: " + "; ".join(published["promotion_reasons"]), note
+    # the publish task's event on the yolonas_model Asset: the model's line in the Assets view
+    events = get(api, "/api/v2/assets/events", source_dag_id=TRAINING, source_run_id=retrain)["asset_events"]
+    [extra] = [e["extra"] for e in events if e["name"] == "yolonas_model"]
+    assert {k: extra[k] for k in ("run_id", "bundle_uri", "promoted", "reasons")} == {
+        "run_id": retrain,
+        "bundle_uri": published["bundle_uri"],
+        "promoted": published["promoted"],
+        "reasons": published["promotion_reasons"],
+    }
+    assert extra["model_name"] == "yolo_nas_s" and extra["map_50_95"] == published["map_50_95"] and "map_50" in extra
     assert xcom(api, TRAINING, retrain, "materialize")["fingerprint"] == result["current"]["fingerprint"]
     plan = xcom(api, TRAINING, retrain, "preflight")
     assert plan["trigger"]["asset"] == "yolonas_drift" and plan["preflight"] is False
@@ -199,6 +220,21 @@ def test_identical_data_does_not_retrain_and_a_shifted_class_balance_does(stack:
     assert plan["outputs"]["champion_uri"] == f"s3://{stack.bucket}/{PREFIX}/yolo_nas_s/champion.json"
     assert xcom(api, TRAINING, retrain, "publish")["bundle_uri"].startswith(f"s3://{stack.bucket}/{PREFIX}/yolo_nas_s/")
     assert {r["dag_run_id"] for r in runs(api, TRAINING, "asset_triggered")} - retrains_before == {retrain}
+
+
+def preflight_beside_a_training_run(stack: Embedded, api: AirflowApi, training_run: str) -> None:
+    """A preflight triggered while ``training_run`` is running finishes before it: yolonas_training takes one run at
+    a time, yolonas_preflight has runs of its own."""
+    patient(lambda: api.unpause(PREFLIGHT))
+    assert patient(lambda: api.run(TRAINING, training_run))["state"] in ("queued", "running")
+    run_id = patient(lambda: api.trigger(PREFLIGHT, {"dataset_source": str(stack.sample_dataset), **TINY}))
+    states = follow(stack, api, PREFLIGHT, run_id, timeout=600)
+    assert states == dict.fromkeys(STAGES[:4], "success")
+    training = patient(lambda: api.run(TRAINING, training_run))
+    assert training["state"] == "running", ("the training run finished first", task_states(api, TRAINING, training_run))
+    preflight = patient(lambda: api.run(PREFLIGHT, run_id))
+    assert preflight["note"] == "PREFLIGHT"
+    assert xcom(api, PREFLIGHT, run_id, "preflight")["preflight"] is True
 
 
 def safe(run_id: str) -> str:

@@ -577,6 +577,12 @@ class PublishResult(Contract):
     promoted: bool
     promotion_reasons: list[str]
     champion_update: str | None
+    #: What the model scored (mAP@0.50 and mAP@0.50:0.95 on the evaluation split) and, when the gate compared
+    #: it with a champion, the champion's mAP@0.50:0.95 on the same split.
+    model_name: str | None = None
+    map_50: float | None = None
+    map_50_95: float | None = None
+    champion_map_50_95: float | None = None
 
 
 # -- preflight -----------------------------------------------------------------------------------------------

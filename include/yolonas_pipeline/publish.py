@@ -51,7 +51,16 @@ from yolonas_pipeline.storage import Storage, join_uri, sha256_file
 log = logging.getLogger(__name__)
 MANIFEST_FILE = BUNDLE_MANIFEST_FILE
 MANIFEST_FORMAT = BundleManifest.FORMAT
-__all__ = ["LICENCE_NOTE", "Gate", "bundle_uri", "publish_bundle", "publish_run", "safe_segment", "verify_bundle"]
+__all__ = [
+    "LICENCE_NOTE",
+    "Gate",
+    "bundle_uri",
+    "model_event_extra",
+    "publish_bundle",
+    "publish_run",
+    "safe_segment",
+    "verify_bundle",
+]
 LICENCE_NOTE = (
     "YOLO-NAS pretrained weights, and models fine-tuned from them, are licensed for non-commercial use only "
     "(Deci-AI/super-gradients LICENSE.YOLONAS.md); check the licence of the base weights you used."
@@ -323,7 +332,37 @@ def publish_run(
         promoted=bool(result.promotion and result.promotion.promote),
         promotion_reasons=list(result.promotion.reasons) if result.promotion else [],
         champion_update=result.champion_update,
+        model_name=model_name,
+        map_50=metrics.map_50,
+        map_50_95=metrics.map_50_95,
+        champion_map_50_95=_champion_score(result.promotion),
     )
+
+
+def _champion_score(decision: PromotionDecision | None) -> float | None:
+    """The champion's mAP@0.50:0.95 the gate compared with (None: no gate, no champion, or not compared)."""
+    value = (decision.champion or {}).get(promote.METRIC) if decision else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+#: The largest gate reason and the most reasons an asset event carries (the Assets view shows the extra).
+_EVENT_REASON_CHARS = 300
+_EVENT_REASONS = 8
+
+
+def model_event_extra(result: PublishResult, *, run_id: str) -> dict[str, Any]:
+    """The extra of the ``yolonas_model`` asset event a publish emits: small, JSON-safe, no credentials."""
+    return {
+        "run_id": run_id,
+        "model_name": result.model_name,
+        "map_50": result.map_50,
+        "map_50_95": result.map_50_95,
+        "champion_map_50_95": result.champion_map_50_95,
+        "promoted": result.promoted,
+        "reasons": [reason[:_EVENT_REASON_CHARS] for reason in result.promotion_reasons[:_EVENT_REASONS]],
+        "bundle_uri": result.bundle_uri,
+        "champion_update": result.champion_update,
+    }
 
 
 def dataset_identity(dataset: DatasetExport, *, storage: Storage) -> dict[str, Any]:

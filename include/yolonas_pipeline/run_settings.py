@@ -154,7 +154,10 @@ class DatasetFields(RunSettings):
         ),
     )
     dataset_revision: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
-        default=None, json_schema_extra=_form("Revision", "Dataset", "Hub branch, tag or commit; empty: the newest.")
+        default=None,
+        json_schema_extra=_form(
+            "Revision", "Dataset", "Hub branch, tag or commit, at most 256 characters; empty: the newest."
+        ),
     )
     schema_: SchemaSetting = Field(
         default=None,
@@ -182,6 +185,7 @@ class DatasetFields(RunSettings):
         json_schema_extra=_form(
             "Architecture",
             "Model",
+            "YOLO-NAS S, M or L (one of the list).",
             values_display={"yolo_nas_s": "YOLO-NAS S", "yolo_nas_m": "YOLO-NAS M", "yolo_nas_l": "YOLO-NAS L"},
         ),
     )
@@ -224,7 +228,8 @@ class TrainingSettings(DatasetFields):
         json_schema_extra=_form(
             "Preflight only",
             "Run",
-            "Materialize and inspect, report what a full run would do, then stop before training.",
+            "Materialize and inspect, report what a full run would do, then stop before training. This DAG runs "
+            "one run at a time; the yolonas_preflight DAG does the same without waiting for a training run.",
         ),
     )
     force: bool = Field(
@@ -241,7 +246,8 @@ class TrainingSettings(DatasetFields):
         json_schema_extra=_form(
             "Base weights URI",
             "Model",
-            "Local path or s3:// URI of a super-gradients checkpoint; empty: train from scratch.",
+            "Local path or s3:// URI of a super-gradients checkpoint, at most 2048 characters; empty: train from "
+            "scratch.",
         ),
     )
     checkpoint_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(
@@ -334,7 +340,8 @@ class DriftSettings(DatasetFields):
         json_schema_extra=_form(
             "Reference export (instead of the champion's)",
             "Reference",
-            "A materialized export (s3://.../datasets/<fingerprint>) to compare with.",
+            "A materialized export (s3://.../datasets/<fingerprint>) to compare with, at most 2048 characters; "
+            "empty: the champion's.",
         ),
     )
     when_no_champion: NoChampionPolicy = Field(
@@ -342,6 +349,7 @@ class DriftSettings(DatasetFields):
         json_schema_extra=_form(
             "When there is no champion",
             "Reference",
+            "Retrain (treat it as drift) or do nothing (one of the list).",
             values_display={"retrain": "Treat as drift: train a first model", "skip": "Do nothing"},
         ),
     )

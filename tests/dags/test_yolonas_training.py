@@ -14,6 +14,7 @@ from conftest import REPO, MotoS3
 
 DAG_ID = "yolonas_training"
 DRIFT_DAG_ID = "yolonas_drift"
+PREFLIGHT_DAG_ID = "yolonas_preflight"
 TASKS = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
 DRIFT_TASKS = ["settings", "materialize", "detect_drift", "drift_gate", "emit_drift_event"]
 SMALL_RUN = {"epochs": 1, "batch_size": 8, "input_size": 128, "workers": 0, "mixed_precision": False}
@@ -53,7 +54,7 @@ def fresh_dag(airflow_db: Path):
 
 def test_dags_import_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert {DAG_ID, DRIFT_DAG_ID} <= set(dagbag.dag_ids)
+    assert {DAG_ID, DRIFT_DAG_ID, PREFLIGHT_DAG_ID} <= set(dagbag.dag_ids)
 
 
 def test_training_dag_is_a_chain_of_the_stages_with_the_preflight_gate(dagbag) -> None:
@@ -72,7 +73,44 @@ def test_drift_dag_is_a_chain_ending_in_the_drift_asset(dagbag) -> None:
     assert dag.max_active_runs == 1 and dag.catchup is False
 
 
-@pytest.mark.parametrize("dag_id", [DAG_ID, DRIFT_DAG_ID])
+def test_the_preflight_dag_is_the_training_dags_first_four_tasks_and_runs_beside_it(dagbag) -> None:
+    dag, training = dagbag.get_dag(PREFLIGHT_DAG_ID), dagbag.get_dag(DAG_ID)
+    assert [t.task_id for t in dag.topological_sort()] == TASKS[:4]
+    for task_id in TASKS[:3]:
+        assert type(dag.get_task(task_id)) is type(training.get_task(task_id)), task_id
+    assert dag.max_active_runs > 1 and training.max_active_runs == 1
+    assert type(dag.timetable).__name__ == "NullTimetable"  # triggered only
+    # the same form, less its Preflight only toggle (always on here)
+    assert set(dag.params) == set(training.params) - {"preflight"}
+
+
+def test_publish_emits_on_the_model_asset_and_materialize_on_the_dataset_asset(dagbag) -> None:
+    dag = dagbag.get_dag(DAG_ID)
+    assert [o.name for o in dag.get_task("publish").outlets] == ["yolonas_model"]
+    assert [o.name for o in dag.get_task("materialize").outlets] == ["yolonas_dataset"]
+    assert dagbag.get_dag(PREFLIGHT_DAG_ID).get_task("materialize").outlets == []
+
+
+def _bound_texts(value: float) -> set[str]:
+    return {f"{value:g}", str(value), f"{int(value)}" if float(value).is_integer() else f"{value:g}"}
+
+
+@pytest.mark.parametrize("dag_id", [DAG_ID, DRIFT_DAG_ID, PREFLIGHT_DAG_ID])
+def test_every_field_describes_itself_and_its_bounds(dagbag, dag_id: str) -> None:
+    """The form's description is the only place a person reads a field's range and rule before triggering."""
+    params = dagbag.get_dag(dag_id).params
+    for key in params:
+        param = params.get_param(key)
+        description = param.description or ""
+        assert description, f"{dag_id}.{key} has no description"
+        schema = param.schema
+        for bound in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "maxLength", "multipleOf"):
+            if bound in schema:
+                where = f"{dag_id}.{key}: {bound} {schema[bound]} in {description!r}"
+                assert any(text in description for text in _bound_texts(schema[bound])), where
+
+
+@pytest.mark.parametrize("dag_id", [DAG_ID, DRIFT_DAG_ID, PREFLIGHT_DAG_ID])
 def test_every_dag_has_docs_tags_owner_retries_and_failure_callbacks(dagbag, dag_id: str) -> None:
     dag = dagbag.get_dag(dag_id)
     assert dag.doc_md and dag.tags and dag.description
@@ -216,6 +254,24 @@ def test_preflight_run_stops_before_training_and_reports_the_plan(
     assert any(line.startswith("preflight: PREFLIGHT") for line in plan["summary"])
     keys = [o["Key"] for o in moto_s3.client.list_objects_v2(Bucket=moto_s3.bucket).get("Contents", [])]
     assert not any("/train/" in k and k.startswith("runs/") for k in keys), "preflight must not train"
+    assert note_of(dag_run) == "PREFLIGHT"  # set by the listener (plugins/yolonas_listeners.py)
+
+
+def test_the_preflight_dag_always_stops_at_the_plan(airflow_db: Path, moto_s3: MotoS3, sample_dataset: Path) -> None:
+    dag = parse().get_dag(PREFLIGHT_DAG_ID)
+    dag_run = dag.test(run_conf={"dataset_source": str(sample_dataset), "preflight": False, **SMALL_RUN})
+    assert dag_run.state == "success", task_states(dag_run)
+    assert set(task_states(dag_run).values()) == {"success"}
+    assert xcom(dag_run, "preflight")["preflight"] is True
+    assert note_of(dag_run) == "PREFLIGHT"
+
+
+def note_of(dag_run: Any) -> str | None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.query(DagRun).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).one().note
 
 
 def test_a_failed_run_logs_one_line_with_its_s3_location(
@@ -283,6 +339,30 @@ def test_end_to_end_run_trains_evaluates_and_publishes(trained_run: Any, moto_s3
     champion = read_champion(f"s3://{moto_s3.bucket}/models/yolo_nas_s/champion.json", storage=storage)
     assert champion is not None, "the first published model becomes the champion"
     assert storage.exists(f"{champion.dataset_uri}/manifest.json")
+
+
+def test_publish_emits_a_model_asset_event_and_notes_the_run(trained_run: Any) -> None:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    published = xcom(trained_run, "publish")
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == "yolonas_model", AssetEvent.source_run_id == trained_run.run_id)
+            .all()
+        )
+        extras = [dict(event.extra) for event in events]
+    [extra] = extras
+    assert extra["run_id"] == trained_run.run_id and extra["model_name"] == "yolo_nas_s"
+    assert extra["bundle_uri"] == published["bundle_uri"]
+    assert extra["promoted"] is True and extra["reasons"] == published["promotion_reasons"]
+    assert {"map_50", "map_50_95"} <= set(extra) and extra["map_50_95"] == published["map_50_95"]
+    json.dumps(extra)  # JSON-safe
+    assert not any(word in json.dumps(extra).lower() for word in ("secret", "password", "access_key"))
+    # the first model has no champion to beat
+    assert note_of(trained_run) == f"mAP@.5:.95 {published['map_50_95']:.3f} PROMOTED (no champion yet)"
 
 
 def xcom(dag_run: Any, task_id: str) -> Any:

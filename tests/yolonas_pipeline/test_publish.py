@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from yolonas_pipeline.contracts import (
 )
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.publish import MANIFEST_FILE, publish_bundle, publish_run, verify_bundle
+from yolonas_pipeline.run_notes import run_note
 from yolonas_pipeline.run_settings import TrainingSettings
 from yolonas_pipeline.storage import Storage
 
@@ -300,6 +303,10 @@ def test_the_gate_promotes_a_better_model_and_refuses_a_regressed_class(
 
     better = bucket.publish(bucket.run("run-2", 0.35), promotion_margin=0.01)
     assert better.promoted and bucket.champion().bundle_uri  # type: ignore[union-attr] == better.bundle_uri
+    # what the run's note and the model asset event say: its score and the champion's it beat
+    assert better.map_50_95 == pytest.approx(0.35) and better.champion_map_50_95 == pytest.approx(0.30)
+    assert first.champion_map_50_95 is None and better.model_name == "yolo_nas_s"
+    assert run_note(succeeded=True, published=better.to_xcom()) == "mAP@.5:.95 0.350 PROMOTED (champion was 0.300)"
     assert bucket.champion().previous["bundle_uri"]  # type: ignore[union-attr,index] == first.bundle_uri
 
     regressed = bucket.run("run-3", 0.40, {"Coverall": 0.60, "Mask": 0.20})
@@ -312,6 +319,8 @@ def test_the_gate_promotes_a_better_model_and_refuses_a_regressed_class(
     assert not recorded["promote"] and recorded["champion"]["run_id"] == "run-2"
     assert any("'Mask'" in reason and "more than the tolerance" in reason for reason in recorded["reasons"])
     assert any(line.startswith("promotion gate: KEEP CHAMPION") for line in log)  # in the task log too
+    note = run_note(succeeded=True, published=refused.to_xcom())
+    assert note == "not promoted: " + "; ".join(recorded["reasons"]) and "'Mask'" in note
     verify_bundle(refused.bundle_uri, storage=bucket.storage)  # refused, but still a complete bundle
 
 
@@ -349,6 +358,7 @@ def test_bundle_names_must_be_unique(bucket: Bucket) -> None:
 
 
 def test_the_operator_publishes_with_the_runs_settings(bucket: Bucket) -> None:
+    from airflow.sdk import Asset
     from airflow.sdk.exceptions import AirflowFailException
 
     from yolonas_pipeline.operators.publish import PublishModelOperator
@@ -360,13 +370,30 @@ def test_the_operator_publishes_with_the_runs_settings(bucket: Bucket) -> None:
         "train_result": run.train_result.to_xcom(),
         "metrics": run.metrics.to_xcom(),
     }
+    model = Asset(name="yolonas_model", uri=f"{bucket.models_uri}/")
     operator = PublishModelOperator(
-        task_id="publish", run_settings=bucket.settings(promotion_margin=0.01).to_xcom(), **upstream
+        task_id="publish", run_settings=bucket.settings(promotion_margin=0.01).to_xcom(), outlets=[model], **upstream
     )
+    run_id = "scheduled__2026-11-26T00:00:00+00:00"
+    events: defaultdict[Any, SimpleNamespace] = defaultdict(SimpleNamespace)
     result = PublishResult.parse(
-        operator.execute({"run_id": "scheduled__2026-11-26T00:00:00+00:00"}), source="the publish task's XCom"
+        operator.execute({"run_id": run_id, "outlet_events": events}), source="the publish task's XCom"
     )
     assert result.promoted and result.files == sorted(EXPECTED_FILES)
+    # the yolonas_model event's extra: the model history's line, small and JSON-safe
+    extra = events[model].extra
+    assert extra == {
+        "run_id": run_id,
+        "model_name": "yolo_nas_s",
+        "map_50": result.map_50,
+        "map_50_95": result.map_50_95,
+        "champion_map_50_95": None,
+        "promoted": True,
+        "reasons": ["there is no champion yet"],
+        "bundle_uri": result.bundle_uri,
+        "champion_update": "updated",
+    }
+    assert json.loads(json.dumps(extra)) == extra
     assert result.bundle_uri.startswith(f"{bucket.models_uri}/yolo_nas_s/")
     verify_bundle(result.bundle_uri, storage=bucket.storage)
 

@@ -13,7 +13,7 @@ from yolonas_pipeline.contracts import ClassPlan, DatasetExport, Metrics, RunPla
 from yolonas_pipeline.operators._aws import storage_for
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
 from yolonas_pipeline.operators.links import PUBLISH_LINKS
-from yolonas_pipeline.publish import LICENCE_NOTE, publish_run
+from yolonas_pipeline.publish import LICENCE_NOTE, model_event_extra, publish_run
 from yolonas_pipeline.run_settings import TrainingSettings
 
 __all__ = ["LICENCE_NOTE", "PublishModelOperator"]
@@ -39,6 +39,10 @@ class PublishModelOperator(BaseOperator):
         the manifest, so a later run with the same inputs reuses this bundle. (templated)
     :param gate: run the promotion gate at all (False: publish only).
     :param aws_conn_id: Airflow connection for S3.
+
+    Each Asset in ``outlets`` (the DAG's ``yolonas_model``) gets an event whose extra holds the run id, the
+    model, its mAP@0.50 and mAP@0.50:0.95, whether it was promoted, the gate's reasons and the bundle URI
+    (:func:`~yolonas_pipeline.publish.model_event_extra`); Airflow emits it only when the task succeeds.
     """
 
     template_fields: Sequence[str] = ("dataset", "class_plan", "train_result", "metrics", "run_settings", "plan")
@@ -88,4 +92,7 @@ class PublishModelOperator(BaseOperator):
             "PROMOTED" if result.promoted else "not promoted",
             result.champion_update,
         )
+        extra = model_event_extra(result, run_id=context["run_id"])
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = extra
         return result.to_xcom()

@@ -1,13 +1,17 @@
 """The two small tasks around the stages: resolve the run's settings once, and plan the run (preflight).
 
-Plain functions over the task context, so the DAG files stay declarative: ``@task`` wrappers there call these.
+Plain functions over the task context, so the DAG files stay declarative; :func:`plan_stages` declares the four
+tasks up to the plan, which ``yolonas_training`` and ``yolonas_preflight`` share.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+from airflow.sdk import Asset, task
 
 from yolonas_pipeline import settings as deployment
 from yolonas_pipeline import train
@@ -15,6 +19,8 @@ from yolonas_pipeline.contracts import ClassPlan, DatasetExport, RunPlan
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.operators._aws import storage_for
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
+from yolonas_pipeline.operators.checkpoint import InspectCheckpointOperator
+from yolonas_pipeline.operators.materialize import MaterializeDatasetOperator
 from yolonas_pipeline.preflight import Backend, plan_run
 from yolonas_pipeline.run_settings import DatasetFields, RunSettings, Settings, TrainingSettings, event_conf, resolve
 from yolonas_pipeline.storage import Storage
@@ -23,10 +29,15 @@ log = logging.getLogger(__name__)
 
 
 def resolve_run_settings(
-    model: type[Settings], context: Mapping[str, Any], *, event_asset: str | None = None
+    model: type[Settings],
+    context: Mapping[str, Any],
+    *,
+    event_asset: str | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's settings, validated once: the form (``params``), the trigger's conf and, when ``event_asset``
-    started the run, its event's ``conf``. Logged, and returned for XCom (one key per field too)."""
+    started the run, its event's ``conf``; ``fixed`` values (e.g. ``preflight`` of the preflight DAG) win over
+    all of them. Logged, and returned for XCom (one key per field too)."""
     with input_errors_fail_without_retry():
         dag_run = context.get("dag_run")
         conf = getattr(dag_run, "conf", None) or {}
@@ -40,6 +51,8 @@ def resolve_run_settings(
             event=event,
             event_origin=f"the {event_asset} event" if event_asset else "the triggering asset event",
         )
+        if fixed:
+            resolved = model.validated({**resolved.to_xcom(), **fixed}, origin=f"the {model.DAG_ID} run's settings")
     for key, value in resolved.to_xcom().items():
         log.info("setting %s = %r", key, value)
     if isinstance(resolved, DatasetFields) and "ti" in context:
@@ -136,4 +149,78 @@ def preflight_gate(
     return plan.to_xcom()
 
 
-__all__ = ["RunSettings", "preflight", "preflight_gate", "resolve_run_settings", "trigger_of"]
+class PlanStages(NamedTuple):
+    """The first four tasks of a training run, up to the plan; a preflight-only DAG is just these."""
+
+    settings: Any
+    materialize: MaterializeDatasetOperator
+    inspect_checkpoint: InspectCheckpointOperator
+    plan: Any
+
+
+def plan_stages(
+    *,
+    event_asset: str | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    dataset_outlets: Sequence[Asset] = (),
+    gate: bool = True,
+) -> PlanStages:
+    """``settings`` -> ``materialize`` -> ``inspect_checkpoint`` -> ``preflight``, declared in the current DAG.
+
+    ``yolonas_training`` and ``yolonas_preflight`` share them, so a preflight plans exactly what a training run
+    would. With ``gate``, ``preflight`` is a short circuit: a preflight run (or one that reuses a bundle) stops
+    there; without (a DAG that ends at the plan), a plain task returning the plan.
+    """
+
+    @task(task_id="settings", multiple_outputs=True)
+    def run_settings(**context: Any) -> dict[str, Any]:
+        """The run's settings, validated once; every task reads them from here."""
+        return resolve_run_settings(TrainingSettings, context, event_asset=event_asset, fixed=fixed)
+
+    # XComArgs: resolved to the typed values when each task runs (the operators' fields are templated).
+    run: Any = run_settings()
+    materialize = MaterializeDatasetOperator(
+        task_id="materialize",
+        source=run["dataset_source"],
+        revision=run["dataset_revision"],
+        schema=run["schema"],
+        split_map=run["split_map"],
+        outlets=list(dataset_outlets),
+        retries=2,
+        retry_delay=timedelta(seconds=30),
+    )
+    dataset: Any = materialize.output
+    inspect_checkpoint = InspectCheckpointOperator(
+        task_id="inspect_checkpoint",
+        dataset=dataset,
+        model_name=run["model_name"],
+        checkpoint_uri=run["checkpoint_uri"],
+        checkpoint_sha256=run["checkpoint_sha256"],
+    )
+
+    def what_the_run_will_do(
+        run_settings: dict[str, Any], dataset: dict[str, Any], class_plan: dict[str, Any], **context: Any
+    ) -> Any:
+        """What the run will do; a preflight run stops here (the later tasks are skipped)."""
+        if not gate:
+            return preflight(run_settings, dataset, class_plan, context).to_xcom()
+        return preflight_gate(run_settings, dataset, class_plan, context)
+
+    if gate:
+        decorate = task.short_circuit(task_id="preflight", ignore_downstream_trigger_rules=True)
+    else:  # without downstream tasks a short circuit's False would replace the plan as the return value
+        decorate = task(task_id="preflight")
+    class_plan: Any = inspect_checkpoint.output
+    plan = decorate(what_the_run_will_do)(run, dataset, class_plan)
+    return PlanStages(run, materialize, inspect_checkpoint, plan)
+
+
+__all__ = [
+    "PlanStages",
+    "RunSettings",
+    "plan_stages",
+    "preflight",
+    "preflight_gate",
+    "resolve_run_settings",
+    "trigger_of",
+]
