@@ -64,7 +64,7 @@ NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
     # The installed-package check at import: it wants sphinx, coverage, pip-tools... (none needed to train).
     ("super_gradients.sanity_check", re.compile(r"Failed to verify|required but not found|version mismatch")),
     ("super_gradients.common.crash_handler", re.compile(r"Crash tips is disabled")),
-    ("matplotlib.font_manager", re.compile(r"generated new fontManager")),
+    ("matplotlib.font_manager", re.compile(r"generated new fontManager|building the font cache")),
     # Per-epoch chatter that the epoch line says better.
     (
         "super_gradients",
