@@ -174,7 +174,7 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         self._sent: dict[str, tuple[int, int]] = _file_stats(restored) if restored else {}
         self._pending: dict[str, Any] | None = None
         self._epoch_started = self._train_started = self._last_progress = time.monotonic()
-        self._loss_sum = 0.0
+        self._loss_sum: Any = 0.0  # a device tensor while training (see running_loss)
         self._loss_steps = 0
         self._next_progress_step = 0
         #: Seconds of each epoch this attempt trained (the ETA's basis; a resumed run's earlier epochs ran
@@ -198,8 +198,9 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         self._loss_sum, self._loss_steps = 0.0, 0
         self._next_progress_step = self._progress_step(1)
 
-    def _progress_step(self, tenth: int) -> int:
-        return max(1, math.ceil(self.batches_per_epoch * PROGRESS_FRACTION * tenth))
+    def _progress_step(self, part: int) -> int:
+        """The step that completes the ``part``-th :data:`PROGRESS_FRACTION` of the epoch."""
+        return max(1, math.ceil(self.batches_per_epoch * PROGRESS_FRACTION * part))
 
     @multi_process_safe  # type: ignore[untyped-decorator]
     def on_train_batch_end(self, context: PhaseContext) -> None:
@@ -212,7 +213,8 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         since = now - self._last_progress
         at_a_tenth = done >= self._next_progress_step
         if at_a_tenth:
-            self._next_progress_step = self._progress_step(math.floor(done / self.batches_per_epoch * 10) + 1)
+            parts_done = math.floor(done / (self.batches_per_epoch * PROGRESS_FRACTION))
+            self._next_progress_step = self._progress_step(parts_done + 1)
         if not ((at_a_tenth and since >= PROGRESS_MIN_GAP_S) or since >= PROGRESS_EVERY_S):
             return
         self._last_progress = now
@@ -224,7 +226,7 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
                 epochs=self.epochs,
                 step=done,
                 steps=self.batches_per_epoch,
-                loss=self._loss_sum / max(self._loss_steps, 1),
+                loss=float(self._loss_sum) / max(self._loss_steps, 1),
                 images_per_second=done * self.images_per_epoch / max(self.batches_per_epoch, 1) / elapsed,
                 elapsed=elapsed,
             ),
@@ -324,13 +326,13 @@ def _file_stats(root: Path) -> dict[str, tuple[int, int]]:
     return stats
 
 
-def running_loss(context: PhaseContext) -> float:
-    """The batch's total loss (the last of super-gradients' ``loss_log_items``: cls, iou, dfl, total)."""
+def running_loss(context: PhaseContext) -> Any:
+    """The batch's total loss (the last of super-gradients' ``loss_log_items``: cls, iou, dfl, total), left on
+    its device: summing it there costs no synchronisation per step; only a progress line reads it back."""
     items = context.loss_log_items
-    if items is None:
+    if items is None or len(items) == 0:
         return 0.0
-    values = items.detach().flatten().tolist() if hasattr(items, "detach") else list(items)
-    return float(values[-1]) if values else 0.0
+    return items[-1].detach() if hasattr(items, "detach") else float(items[-1])
 
 
 def learning_rate(context: PhaseContext) -> float | None:

@@ -161,3 +161,38 @@ def test_only_the_first_process_of_a_ddp_run_uploads(tmp_path: Path) -> None:
     sync.on_average_best_models_validation_start(context)
     assert sync.finish() == []
     assert sync.history == []
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_step", "lines_at"),
+    [(0.1, []), (1.0, [10, 20, 30, 40, 50, 60, 70, 80, 90]), (40.0, list(range(1, 100)))],
+    ids=["short-epoch-none", "each-tenth", "slow-steps-every-30s"],
+)
+def test_progress_lines_come_at_each_tenth_of_a_long_epoch(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, seconds_per_step: float, lines_at: list[int]
+) -> None:
+    import torch
+
+    from yolonas_pipeline.trainer import training
+
+    clock = [1000.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    sync = RunSync(
+        storage=NoStorage(),  # type: ignore[arg-type]
+        output_uri="s3://bucket/run/train",
+        history=[],
+        images_per_epoch=800,
+        batches_per_epoch=100,
+        epochs=4,
+        writes=False,
+    )
+    sync.on_train_loader_start(SimpleNamespace(epoch=0))
+    caplog.set_level("INFO", logger="yolonas_pipeline.trainer.training")
+    for step in range(100):
+        clock[0] += seconds_per_step
+        items = torch.tensor([0.5, 0.25, 0.25, 1.0 + step])
+        sync.on_train_batch_end(SimpleNamespace(epoch=0, batch_idx=step, loss_log_items=items))
+    lines = [r.getMessage() for r in caplog.records if "step" in r.getMessage()]
+    assert [int(line.split()[3].split("/")[0]) for line in lines] == lines_at
+    if lines_at == [10, 20, 30, 40, 50, 60, 70, 80, 90]:
+        assert lines[0] == "epoch 1/4  step 10/100 (10%)  loss 5.5000  8.0 images/s  epoch ETA 1m30s"
