@@ -76,7 +76,7 @@ NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
         "py.warnings",
         re.compile(
             r"pkg_resources|torch\.cuda\.amp|TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD|declare_namespace|"
-            r"(?:Future|Deprecation)Warning: .*(?:deprecated|removed)|super_gradients/"
+            r"(?:Future|Deprecation)Warning: .*(?:deprecated|removed)"
         ),
     ),
 )
