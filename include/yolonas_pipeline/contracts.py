@@ -382,6 +382,10 @@ class TrainResult(Contract):
     valid_metrics: dict[str, Any] = Field(default_factory=dict)
     #: One entry per finished epoch: {"epoch", "train": {...}, "valid": {...}, "train_seconds", ...}.
     history: list[dict[str, Any]] = Field(default_factory=list)
+    #: Files beside ``result.json`` (names relative to it): ``history`` (history.json), ``training_curves`` (PNG).
+    files: dict[str, str] = Field(default_factory=dict)
+    #: The channel order the model was trained on; None: a result from before it was recorded (those are BGR).
+    channel_order: Literal["RGB", "BGR"] | None = None
     device: str
     gpus: int = Field(ge=0)
     loader_workers: int = Field(ge=0)

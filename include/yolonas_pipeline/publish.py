@@ -267,6 +267,7 @@ def publish_run(
         "materialization_report.json": dataset.report_uri,
     }
     artifacts.update({relative: join_uri(evaluate_uri, relative) for relative in metrics.files()})
+    artifacts.update({name: join_uri(train_uri, relative) for name, relative in training_files(train_result).items()})
     training_config = {
         "train_request": train_result.request.model_dump(mode="json") if train_result.request else None,
         "model_name": model_name,
@@ -306,6 +307,8 @@ def publish_run(
             "epochs_completed": train_result.epochs_completed,
             "device": train_result.device,
             "gpus": train_result.gpus,
+            # What the model's input must be (results from before this was recorded trained on BGR).
+            "channel_order": train_result.channel_order or "BGR",
         },
         "compute": compute_usage(train_result, metrics),
         "training_key": training_key.model_dump(mode="json") if training_key else None,
@@ -363,6 +366,16 @@ def model_event_extra(result: PublishResult, *, run_id: str) -> dict[str, Any]:
         "bundle_uri": result.bundle_uri,
         "champion_update": result.champion_update,
     }
+
+
+def training_files(train_result: TrainResult) -> dict[str, str]:
+    """The train stage's files for the bundle (bundle name -> path relative to the train output): the training
+    curves beside the evaluation's plots (``plots/``), the per-epoch history as ``training_history.json``."""
+    names = {}
+    for relative in train_result.files.values():
+        base = relative.rsplit("/", 1)[-1]
+        names[f"plots/{base}" if base.endswith(".png") else f"training_{base}"] = relative
+    return names
 
 
 def dataset_identity(dataset: DatasetExport, *, storage: Storage) -> dict[str, Any]:

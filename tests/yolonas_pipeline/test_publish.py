@@ -80,10 +80,16 @@ class Bucket:
         self.storage.write_text(f"{uri}/report.json", json.dumps({"rows": 10, "dropped": {}}))
         return DatasetExport.from_manifest(uri, manifest, reused=False)
 
-    def run(self, run_id: str, map_50_95: float = 0.30, classes: dict[str, float] | None = None) -> Run:
-        """Upload a run's training and evaluation outputs and return the upstream results for it."""
+    def run(
+        self, run_id: str, map_50_95: float = 0.30, classes: dict[str, float] | None = None, *, legacy: bool = False
+    ) -> Run:
+        """Upload a run's training and evaluation outputs and return the upstream results for it (``legacy``: a
+        train result from before the history files and the channel order were recorded)."""
         runs = f"{self.root}/runs/{run_id}"
         self.storage.write_bytes(f"{runs}/train/run/ckpt_best.pth", os.urandom(120_000))
+        training_files = {} if legacy else {"history": "history.json", "training_curves": "training_curves.png"}
+        for name in training_files.values():
+            self.storage.write_bytes(f"{runs}/train/{name}", os.urandom(2_000))
         train_result = {
             "latest_checkpoint_uri": f"{runs}/train/run/ckpt_latest.pth",
             "loader_workers": 4,
@@ -100,6 +106,8 @@ class Bucket:
             "device": "NVIDIA H100 80GB HBM3",
             "gpus": 2,
         }
+        if not legacy:
+            train_result |= {"files": training_files, "channel_order": "RGB"}
         train = TrainResult.parse(train_result, source="test")
         train.write(f"{runs}/train/result.json", storage=self.storage)
         classes = classes or dict.fromkeys(CLASSES, map_50_95)
@@ -209,6 +217,8 @@ EXPECTED_FILES = {
     "predictions.json",
     "plots/pr_curves.png",
     "plots/confusion_matrix.png",
+    "plots/training_curves.png",
+    "training_history.json",
     "onnx/model.onnx",
     "onnx/model_nms.onnx",
     "training_result.json",
@@ -243,6 +253,16 @@ def test_the_bundle_holds_every_file_and_its_manifest_verifies(bucket: Bucket) -
     assert manifest["promotion"]["promote"] and manifest["promotion"]["reasons"] == ["there is no champion yet"]
     config = json.loads(bucket.storage.read_text(f"{result.bundle_uri}/training_config.json"))
     assert config["run_settings"]["epochs"] == 2 and config["run_settings"]["publish_prefix"].endswith("/models")
+    assert manifest["training"]["channel_order"] == "RGB"
+
+
+def test_a_train_result_from_before_the_training_curves_still_publishes(bucket: Bucket) -> None:
+    """Results written before ``files`` and ``channel_order`` existed parse, and their bundle says BGR (what the
+    pipeline trained on then)."""
+    result = bucket.publish(bucket.run("manual__2026-11-20T10:00:00+00:00", legacy=True))
+    manifest = bucket.manifest(result.bundle_uri)
+    assert set(manifest["files"]) == EXPECTED_FILES - {"plots/training_curves.png", "training_history.json"}
+    assert manifest["training"]["channel_order"] == "BGR"
 
 
 def test_uploads_carry_s3_sha256_checksums(bucket: Bucket) -> None:

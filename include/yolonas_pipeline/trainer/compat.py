@@ -17,7 +17,8 @@ known ways (see the project's reference notes, section 9). :func:`apply` must ru
   ``torch.onnx.export`` is wrapped to default to ``dynamo=False``.
 - **Import side effects**: super-gradients wipes root logging handlers, tees stdout/stderr, wraps
   ``sys.excepthook`` and writes to ``~/sg_logs``. ``CRASH_HANDLER=FALSE`` and a ``SUPER_GRADIENTS_LOG_DIR``
-  under the run's work directory keep that contained.
+  under the run's work directory keep that contained; its tqdm progress bars are turned off (the
+  rest of its console noise: :mod:`yolonas_pipeline.trainer.logs`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def apply(log_dir: str | None = None) -> None:
         return
     _patch_numpy()
     _patch_onnx_export()
+    _disable_progress_bars()
     _APPLIED = True
 
 
@@ -68,6 +70,26 @@ def _patch_onnx_export() -> None:
 
     export_without_dynamo._yolonas_patched = True  # type: ignore[attr-defined]
     torch.onnx.export = export_without_dynamo
+
+
+def _disable_progress_bars() -> None:
+    """super-gradients' tqdm bars (dataset indexing, the averaged model's validation, which ignores
+    ``silent_mode``) are carriage-return redraws: unreadable in a task log, where the trainer's own progress
+    lines are (:class:`yolonas_pipeline.trainer.training.RunSync`). super-gradients passes ``disable=``
+    itself, which wins over tqdm's ``TQDM_DISABLE``, so the constructor is wrapped."""
+    from tqdm import std
+
+    init = std.tqdm.__init__
+    if getattr(init, "_yolonas_patched", False):
+        return
+
+    @functools.wraps(init)
+    def init_disabled(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    init_disabled._yolonas_patched = True  # type: ignore[attr-defined]
+    std.tqdm.__init__ = init_disabled  # type: ignore[method-assign]
 
 
 def check_environment() -> None:

@@ -2,6 +2,12 @@
 
 Training uses a faster, pixel-identical form of the seed's augmentation (:func:`train_transforms`);
 validation and evaluation use the seed's deterministic transforms, which define the model's preprocessing.
+
+**Channel order.** super-gradients' datasets decode with OpenCV (BGR), but the COCO weights YOLO-NAS starts
+from were trained and validated on RGB: its own recipe (``coco_detection_yolo_nas_dataset_params.yaml``)
+ends the validation transforms with ``DetectionRGB2BGR(prob=1)``. Both transform lists here do the same
+(:func:`to_model_channels`), so fine-tuning starts from weights that see the colours they learnt, and the
+model's preprocessing (``processing_params``, hence ``predict`` and the ONNX graph) records the swap.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from super_gradients.training.transforms.transforms import (
     DetectionHSV,
     DetectionPaddedRescale,
     DetectionRandomAffine,
+    DetectionRGB2BGR,
     DetectionStandardize,
     DetectionTargetsFormatTransform,
     _flip_horizontal_boxes_xyxy,
@@ -38,6 +45,8 @@ from yolonas_pipeline.contracts import DatasetManifest
 from yolonas_pipeline.storage import Storage
 from yolonas_pipeline.trainer import sg, speed
 
+#: The channel order the model sees (see the module's docstring); the files on disk decode as BGR.
+MODEL_CHANNELS = sg.MODEL_CHANNELS
 #: Batches each loader worker prepares ahead (torch's default is 2): absorbs slow images (large JPEGs).
 PREFETCH_BATCHES = 4
 
@@ -60,6 +69,7 @@ def seed_train_transforms(input_size: int) -> list[Any]:
     dim = (input_size, input_size)
     return [
         *_augmentations(dim, DetectionHSV(prob=1.0, hgain=5, vgain=30, sgain=30), DetectionHorizontalFlip(prob=0.5)),
+        to_model_channels(),
         DetectionPaddedRescale(input_dim=dim),
         DetectionStandardize(max_value=sg.MAX_PIXEL),
         DetectionTargetsFormatTransform(input_dim=dim, output_format="LABEL_CXCYWH"),
@@ -78,9 +88,22 @@ def train_transforms(input_size: int) -> list[Any]:
     dim = (input_size, input_size)
     return [
         *_augmentations(dim, LookupHSV(prob=1.0, hgain=5, vgain=30, sgain=30), CopyingHorizontalFlip(prob=0.5)),
+        to_model_channels(),
         PaddedRescaleUint8(input_dim=dim),
         DetectionTargetsFormatTransform(input_dim=dim, output_format="LABEL_CXCYWH"),
     ]
+
+
+def to_model_channels() -> DetectionRGB2BGR:
+    """BGR (as decoded) to RGB (as the COCO weights expect), on every image, in training as in validation.
+
+    super-gradients' COCO recipe also swaps half of the *training* images back (``prob=0.5``), an augmentation
+    that makes the model indifferent to channel order. That is not kept here: fine-tuning data often tells
+    classes apart by colour (a red from a blue glove, a high-visibility vest), and a model taught to ignore
+    the order of the channels cannot; the HSV jitter already varies the colours. With ``prob=1`` the swap also
+    has a preprocessing equivalent (super-gradients refuses ``prob < 1`` there). It comes after the HSV jitter
+    and the flip, which, like super-gradients', read the image as BGR."""
+    return DetectionRGB2BGR(prob=1.0)
 
 
 def _augmentations(dim: tuple[int, int], hsv: DetectionHSV, flip: DetectionHorizontalFlip) -> list[Any]:
@@ -178,6 +201,7 @@ def eval_transforms(input_size: int) -> list[Any]:
     preprocessing :mod:`yolonas_pipeline.trainer.sg` applies for evaluation and export."""
     dim = (input_size, input_size)
     return [
+        to_model_channels(),
         DetectionPaddedRescale(input_dim=dim, max_targets=300, pad_value=sg.PAD_VALUE),
         DetectionStandardize(max_value=sg.MAX_PIXEL),
         DetectionTargetsFormatTransform(input_dim=dim, output_format="LABEL_CXCYWH"),

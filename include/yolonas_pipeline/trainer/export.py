@@ -1,8 +1,11 @@
 """ONNX export of a trained YOLO-NAS model, with and without NMS, checked in onnxruntime against PyTorch.
 
 Both files take one ``uint8`` RGB image, NCHW, already letterboxed to ``input_size`` (scale the longer side,
-pad bottom and right with 114, as :func:`yolonas_pipeline.trainer.sg.letterbox`); channel order and
-the division by 255 are inside the graph.
+pad bottom and right with 114, as :func:`yolonas_pipeline.trainer.sg.letterbox`); the division by 255 and
+any channel swap are inside the graph. The graph's preprocessing is the one the model's validation transforms
+recorded (super-gradients' ``processing_params``: an RGB input, reversed for each ``DetectionRGB2BGR``), so
+a model trained on RGB (:data:`yolonas_pipeline.trainer.sg.MODEL_CHANNELS`) gets no swap at all; the report
+records both orders (``input.channels``, ``input.model_channels``).
 
 - ``model.onnx``: raw decoded outputs ``boxes [1, anchors, 4]`` (x1, y1, x2, y2 input pixels) and
   ``scores [1, anchors, classes]``; NMS is the caller's.
@@ -28,7 +31,7 @@ import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -81,7 +84,10 @@ def export_onnx(
     model = copy.deepcopy(model).to("cpu").eval()
     image = sg.read_image(sample_image) if isinstance(sample_image, Path) else sample_image
     padded_bgr, _ = sg.letterbox(image, input_size)
-    reference = torch_reference(model, padded_bgr, score_threshold, iou_threshold, max_predictions)
+    model_channels = sg.channel_order(model)
+    reference = torch_reference(
+        model, padded_bgr, score_threshold, iou_threshold, max_predictions, channels=model_channels
+    )
 
     started = time.monotonic()
     common: dict[str, Any] = {
@@ -132,6 +138,7 @@ def export_onnx(
             "shape": [1, 3, input_size, input_size],
             "dtype": "uint8",
             "channels": "RGB",
+            "model_channels": model_channels,
             "layout": "letterboxed: longer side scaled to input size, padded bottom/right with 114",
         },
         "outputs": {
@@ -220,8 +227,11 @@ def torch_reference(
     iou_threshold: float,
     max_predictions: int,
     pre_nms: int | None = None,
+    *,
+    channels: Literal["RGB", "BGR"] = "RGB",
 ) -> dict[str, np.ndarray]:
-    """PyTorch's decoded outputs for one letterboxed BGR image, and its detections by the exported graph's
+    """PyTorch's decoded outputs for one letterboxed BGR image (fed in ``channels`` order, the model's), and its
+    detections by the exported graph's
     algorithm: the ``pre_nms`` (default :data:`sg.TOP_K`) anchors with the best class score, every class
     above ``score_threshold``, NMS per class, the ``max_predictions`` most confident."""
     import torch
@@ -231,7 +241,8 @@ def torch_reference(
 
     device = next(model.parameters()).device
     with torch.no_grad():
-        boxes, scores = (t[0].float() for t in sg.decode(model, sg.input_batch([sg.normalise(padded_bgr)], device)))
+        batch = sg.input_batch([sg.normalise(padded_bgr, channels)], device)
+        boxes, scores = (t[0].float() for t in sg.decode(model, batch))
         top = torch.topk(scores.max(dim=1).values, k=min(pre_nms or sg.TOP_K, len(scores))).indices
         anchor, label = (scores[top] > score_threshold).nonzero(as_tuple=True)
         kept_boxes, kept_scores = boxes[top][anchor], scores[top][anchor, label]

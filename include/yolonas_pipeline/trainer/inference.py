@@ -47,13 +47,16 @@ def predict(
     workers: int = 0,
 ) -> list[ImagePrediction]:
     """The model's detections per image, in original image pixels, exactly as the validation loop scores them
-    (same letterbox, same standardisation, same NMS). ``workers``: image-reading threads (0: auto)."""
+    (same letterbox, same channel order, same standardisation, same NMS). ``workers``: image-reading threads
+    (0: auto)."""
     callback = sg.post_prediction_callback(iou_threshold=iou_threshold, max_predictions=max_predictions)
+    # The order the model's own preprocessing records: a champion trained before the RGB swap still gets BGR.
+    channels = sg.channel_order(model)
 
     def prepare(path: Path) -> tuple[np.ndarray, float, tuple[int, int]]:
         image = sg.read_image(path)
         padded, scale = sg.letterbox(image, input_size)
-        return sg.normalise(padded), scale, (image.shape[0], image.shape[1])
+        return sg.normalise(padded, channels), scale, (image.shape[0], image.shape[1])
 
     out: list[ImagePrediction] = []
     # JPEG decoding and resizing (OpenCV releases the GIL) in threads, so a GPU is not left waiting.

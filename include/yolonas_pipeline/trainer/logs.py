@@ -13,6 +13,14 @@ which the trainer syncs to S3 with the run. At DEBUG, botocore logs every reques
 - every handler on the root logger, which is where super-gradients' file handlers live, gets a
   :class:`RedactingFilter`, also each time super-gradients replaces them (:func:`protect_log_files`), so a secret
   logged by anything else is masked before it reaches a file.
+
+The task log should read like a training tool's, so super-gradients' and its dependencies' noise goes to DEBUG
+(:data:`NOISE`: the environment check's complaints about sphinx or coverage, "Crash tips is disabled",
+matplotlib's font cache, the deprecation warnings of an unmaintained library on a modern stack): it still
+reaches super-gradients' DEBUG log files, not the console. Python warnings are log records at WARNING
+(:func:`capture_warnings`), printed ``[yolonas] WARNING: ...`` like the package's own. super-gradients' tqdm bars
+are off (``TQDM_DISABLE``, :mod:`yolonas_pipeline.trainer.compat`), and the lines its stdout tee prints about
+where the console is logged are dropped (:class:`DroppingStream`).
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
 PACKAGE_LOGGER = "yolonas_pipeline"
 PREFIX = "[yolonas] "
@@ -48,6 +56,101 @@ _PATTERNS = (
     (re.compile(r"\b(?:X-Amz-)?Signature=" + _VALUE, re.IGNORECASE), "signature " + REDACTED),
     (re.compile(r"(X-Amz-Security-Token['\"]?\s*[:=]\s*b?['\"]?)" + _VALUE, re.IGNORECASE), r"\1" + REDACTED),
 )
+
+
+#: (logger name, message pattern) of records that are noise in a task log: they are logged at DEBUG instead
+#: (:func:`demote_noise`). The name matches the logger or its parents' ("py.warnings" for Python warnings).
+NOISE: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # The installed-package check at import: it wants sphinx, coverage, pip-tools... (none needed to train).
+    ("super_gradients.sanity_check", re.compile(r"Failed to verify|required but not found|version mismatch")),
+    ("super_gradients.common.crash_handler", re.compile(r"Crash tips is disabled")),
+    ("matplotlib.font_manager", re.compile(r"generated new fontManager|building the font cache")),
+    # Per-epoch chatter that the epoch line says better.
+    (
+        "super_gradients",
+        re.compile(r"Dataset Initialization in progress|Checkpoint saved in|Best checkpoint overriden|\[CLEANUP\]"),
+    ),
+    # Warnings about super-gradients' own code on a modern stack, not about anything a user can change:
+    # pkg_resources, torch.cuda.amp, the weights_only default that compat sets on purpose.
+    (
+        "py.warnings",
+        re.compile(
+            r"pkg_resources|torch\.cuda\.amp|TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD|declare_namespace|"
+            r"(?:Future|Deprecation)Warning: .*(?:deprecated|removed)"
+        ),
+    ),
+)
+WARNINGS_LOGGER = "py.warnings"
+
+
+def is_noise(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is one of :data:`NOISE` (only INFO and WARNING records are ever demoted)."""
+    if record.levelno not in (logging.INFO, logging.WARNING):
+        return False
+    message = None
+    for name, pattern in NOISE:
+        if record.name == name or record.name.startswith(name + "."):
+            message = record.getMessage() if message is None else message
+            if pattern.search(message):
+                return True
+    return False
+
+
+_base_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def demote_noise() -> None:
+    """Log :data:`NOISE` at DEBUG, wherever it is logged from: a log record factory, since super-gradients logs
+    some of it while it is first imported, before any of its handlers or loggers could be given a filter.
+    Idempotent."""
+    global _base_factory
+    if _base_factory is not None:
+        return
+    base = _base_factory = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        if is_noise(record):
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def capture_warnings(handler: logging.Handler) -> None:
+    """Python warnings become WARNING records of ``py.warnings`` (not bare text on stderr), printed by
+    ``handler`` (the package's console handler) only: a line a log reader can filter by level."""
+    logging.captureWarnings(True)
+    logger = logging.getLogger(WARNINGS_LOGGER)
+    for old in [h for h in logger.handlers if getattr(h, "_yolonas_console", False)]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    # Not again through super-gradients' console handler (root).
+    logger.propagate = False
+
+
+class DroppingStream:
+    """A text stream that passes everything on to ``stream`` but the writes that start with one of ``prefixes``.
+
+    super-gradients' stdout tee announces every move of its console log file ("The console stream is logged
+    into ..."); the tee writes into whatever ``sys.stdout`` was when it was made, so this goes under it."""
+
+    def __init__(self, stream: TextIO, prefixes: tuple[str, ...]) -> None:
+        self.stream = stream
+        self.prefixes = prefixes
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.prefixes):
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+#: What super-gradients' stdout tee says about itself.
+TEE_ANNOUNCEMENTS = ("The console stream is logged into ", "The console stream is now moved to ")
 
 
 def secrets_from_environment() -> list[str]:
@@ -110,6 +213,9 @@ def configure(level: int = logging.INFO) -> logging.Handler:
     for old in [h for h in logger.handlers if getattr(h, "_yolonas_console", False)]:
         logger.removeHandler(old)
     handler = logging.StreamHandler(sys.__stdout__ or sys.stdout)
+    # A handler's own level, not only the loggers': demoted noise (demote_noise) passed the loggers' checks
+    # at its original level.
+    handler.setLevel(level)
     handler.setFormatter(_Formatter())
     handler.addFilter(RedactingFilter(secrets_from_environment()))
     handler._yolonas_console = True  # type: ignore[attr-defined]
@@ -120,6 +226,8 @@ def configure(level: int = logging.INFO) -> logging.Handler:
     # One line per message: not again through super-gradients' root handlers (its console handler writes to
     # the tee'd stderr).
     logger.propagate = False
+    demote_noise()
+    capture_warnings(handler)
     return handler
 
 
@@ -147,6 +255,8 @@ def protect_log_files() -> RedactingFilter:
     """Put a :class:`RedactingFilter` on the root logger's handlers now and whenever super-gradients sets them up
     again (``AutoLoggerConfig._setup_logging`` replaces them with ``basicConfig(force=True)`` when training
     starts). Imports super-gradients: call it after :func:`yolonas_pipeline.trainer.compat.apply`."""
+    if not isinstance(sys.stdout, DroppingStream) and "super_gradients" not in sys.modules:
+        sys.stdout = DroppingStream(sys.stdout, TEE_ANNOUNCEMENTS)  # type: ignore[assignment]
     from super_gradients.common.auto_logging.auto_logger import AutoLoggerConfig
 
     redacting = RedactingFilter(secrets_from_environment())

@@ -1,5 +1,7 @@
 """The evaluation's pictures, as PNG files: per-class precision-recall curves, the confusion matrix with a
-background row and column, and a grid of sample predictions drawn over images (the worst images first).
+background row and column, and a grid of sample predictions drawn over images (the worst images first); and
+the training's: losses, mAP and learning rate per epoch (:func:`training_curves`, like Ultralytics'
+``results.png``).
 
 matplotlib runs headless (Agg canvas, no pyplot state), so this works in a pod without a display.
 """
@@ -14,12 +16,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from yolonas_pipeline.trainer.scoring import RECALL_POINTS, DetectionEvaluation, ImagePrediction, ImageTruth
 
 PR_CURVES = "pr_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 SAMPLE_PREDICTIONS = "sample_predictions.png"
+TRAINING_CURVES = "training_curves.png"
 DPI = 110
 #: Above this many classes a legend is unreadable; the curves are still drawn.
 MAX_LEGEND = 20
@@ -37,19 +41,74 @@ def write_plots(
 ) -> dict[str, str]:
     """Write the three plots into ``out_dir``; returns ``{"pr_curves": file name, ...}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save(pr_curves(result), out_dir / PR_CURVES)
-    _save(confusion_matrix(result), out_dir / CONFUSION_MATRIX)
+    save_figure(pr_curves(result), out_dir / PR_CURVES)
+    save_figure(confusion_matrix(result), out_dir / CONFUSION_MATRIX)
     chosen = sample_indices(result, len(truths), worst=worst, samples=samples)
-    _save(
+    save_figure(
         sample_grid(result, truths, predictions, chosen, images_dir=images_dir, worst=worst),
         out_dir / SAMPLE_PREDICTIONS,
     )
     return {"pr_curves": PR_CURVES, "confusion_matrix": CONFUSION_MATRIX, "sample_predictions": SAMPLE_PREDICTIONS}
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+#: The training curves' panels: title and the (split, history key) pairs drawn in it.
+_CURVE_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("loss", (("train", "PPYoloELoss/loss"), ("valid", "PPYoloELoss/loss"))),
+    ("classification loss", (("train", "PPYoloELoss/loss_cls"), ("valid", "PPYoloELoss/loss_cls"))),
+    ("IoU loss", (("train", "PPYoloELoss/loss_iou"), ("valid", "PPYoloELoss/loss_iou"))),
+    ("DFL loss", (("train", "PPYoloELoss/loss_dfl"), ("valid", "PPYoloELoss/loss_dfl"))),
+    ("mAP@0.50", (("valid", "mAP@0.50"),)),
+    ("mAP@0.50:0.95", (("valid", "mAP@0.50:0.95"),)),
+    ("precision / recall @0.50", (("valid", "Precision@0.50"), ("valid", "Recall@0.50"))),
+    ("learning rate", (("", "lr"),)),
+)
+
+
+def _series(history: Sequence[dict[str, Any]], split: str, key: str) -> tuple[list[int], list[float]]:
+    epochs, values = [], []
+    for entry in history:
+        value = (entry.get(split) or {}).get(key) if split else entry.get(key)
+        if isinstance(value, int | float):
+            epochs.append(int(entry["epoch"]))
+            values.append(float(value))
+    return epochs, values
+
+
+def training_curves(history: Sequence[dict[str, Any]]) -> Figure:
+    """Losses (train solid, validation dashed), validation mAP, precision and recall, and the learning rate per
+    epoch, from the train stage's history (``history.json``); a panel with no values says so."""
+    figure = Figure(figsize=(16, 7))
+    for slot, (title, series) in enumerate(_CURVE_PANELS):
+        axes = figure.add_subplot(2, 4, slot + 1)
+        drawn = 0
+        for split, key in series:
+            epochs, values = _series(history, split, key)
+            if not values:
+                continue
+            label = f"{split} {key.split('/')[-1]}".strip() if len(series) > 1 else None
+            style = "--" if split == "valid" and title.endswith("loss") else "-"
+            axes.plot(epochs, values, style, marker="o" if len(values) < 30 else None, markersize=3, label=label)
+            drawn += 1
+        if not drawn:
+            axes.text(0.5, 0.5, "no values", ha="center", va="center", transform=axes.transAxes, color="grey")
+        elif len(series) > 1:
+            axes.legend(fontsize=7)
+        if title == "learning rate":
+            axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        elif not title.endswith("loss"):  # scores: on their full scale, so that a flat 0 reads as 0
+            axes.set_ylim(0, 1.02)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("epoch", fontsize=8)
+        axes.grid(alpha=0.3)
+    figure.suptitle(f"Training curves ({len(history)} epochs)", fontsize=11)
+    figure.tight_layout()
+    return figure
 
 
 def class_colour(index: int) -> tuple[float, float, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import cv2
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from super_gradients.training import models
 from super_gradients.training.models.detection_models.customizable_detector import CustomizableDetector
 from super_gradients.training.models.detection_models.pp_yolo_e import PPYoloEPostPredictionCallback
+from super_gradients.training.processing.processing import ComposeProcessing, ReverseImageChannels
 
 from yolonas_pipeline.contracts import ModelName
 from yolonas_pipeline.errors import StageInputError
@@ -36,6 +37,10 @@ MAX_PREDICTIONS = 300
 #: ``DetectionPaddedRescale`` and ``DetectionStandardize(max_value=255)``, as the validation transforms use them.
 PAD_VALUE = 114
 MAX_PIXEL = 255.0
+ChannelOrder = Literal["RGB", "BGR"]
+#: The channel order the model is trained and evaluated on: the COCO weights' (see
+#: :func:`yolonas_pipeline.trainer.data.to_model_channels`). Images are decoded as BGR.
+MODEL_CHANNELS: ChannelOrder = "RGB"
 
 
 def build_model(
@@ -104,9 +109,24 @@ def letterbox(image_bgr: np.ndarray, input_size: int) -> tuple[np.ndarray, float
     return padded, scale
 
 
-def normalise(padded_bgr: np.ndarray) -> np.ndarray:
-    """A letterboxed uint8 HWC image as the model's input: float32 CHW in [0, 1] (``DetectionStandardize``)."""
-    return padded_bgr.transpose(2, 0, 1).astype(np.float32) / MAX_PIXEL
+def channel_order(model: CustomizableDetector) -> ChannelOrder:
+    """The channel order ``model`` was trained on, read from the preprocessing its validation transforms left
+    in it (``processing_params``): that pipeline takes RGB images (PIL's order) and each
+    ``ReverseImageChannels`` in it swaps them. Checkpoints trained before the pipeline swapped to RGB say BGR,
+    so they are still fed what they learnt on. A model without preprocessing (fresh or COCO weights): RGB."""
+    processor = model.get_processing_params()
+    if processor is None:
+        return "RGB"
+    steps = processor.processings if isinstance(processor, ComposeProcessing) else [processor]
+    swaps = sum(isinstance(step, ReverseImageChannels) for step in steps)
+    return "BGR" if swaps % 2 else "RGB"
+
+
+def normalise(padded_bgr: np.ndarray, channels: ChannelOrder = MODEL_CHANNELS) -> np.ndarray:
+    """A letterboxed uint8 HWC BGR image as the model's input: in ``channels`` order (the validation transforms'
+    ``DetectionRGB2BGR``), float32 CHW in [0, 1] (``DetectionStandardize``)."""
+    ordered = padded_bgr[:, :, ::-1] if channels == "RGB" else padded_bgr
+    return ordered.transpose(2, 0, 1).astype(np.float32) / MAX_PIXEL
 
 
 def input_batch(images: Sequence[np.ndarray], device: str | torch.device) -> torch.Tensor:

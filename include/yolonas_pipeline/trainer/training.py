@@ -5,6 +5,8 @@ Layout under ``output_uri``::
     run/                 super-gradients' run directory (ckpt_latest.pth, ckpt_best.pth, logs, tfevents)
     state.json           {"run_id", "epochs_completed", "history"}: the commit point, rewritten after each
                          epoch's files are uploaded (ckpt_latest.pth last of them)
+    history.json         the per-epoch history (losses, mAP, learning rate, times), when training is complete
+    training_curves.png  losses and mAP per epoch, drawn from it (:func:`.plots.training_curves`)
     result.json          written last, when training is complete (:class:`~yolonas_pipeline.contracts.TrainResult`);
                          the Airflow task and the evaluate command read it
 
@@ -37,14 +39,14 @@ from super_gradients.common.environment.ddp_utils import init_trainer, multi_pro
 from super_gradients.common.environment.device_utils import device_config
 from super_gradients.training import Trainer
 from super_gradients.training.losses import PPYoloELoss
-from super_gradients.training.metrics import DetectionMetrics_050
+from super_gradients.training.metrics import DetectionMetrics, DetectionMetrics_050
 from super_gradients.training.utils.callbacks.base_callbacks import Callback, PhaseContext
 from super_gradients.training.utils.distributed_training_utils import setup_device, wait_for_the_master
 
 from yolonas_pipeline.contracts import TRAIN_RESULT_FILE, TrainRequest, TrainResult
 from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.storage import Storage, join_uri
-from yolonas_pipeline.trainer import data, logs, sg, speed
+from yolonas_pipeline.trainer import data, logs, plots, sg, speed
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,17 @@ BEST_CHECKPOINT = "ckpt_best.pth"
 AVERAGE_CHECKPOINT = "average_model.pth"
 #: Per-epoch snapshots are large and only useful locally; everything else in the run directory is synced.
 _NOT_SYNCED_PREFIXES = ("ckpt_epoch_",)
-#: A progress line during an epoch at most this often (super-gradients' own progress bar is off: it is
-#: unreadable in a task log).
-PROGRESS_EVERY_S = 60.0
+HISTORY_FILE = "history.json"
+#: super-gradients' own progress bar is off (unreadable in a task log); instead a progress line during an epoch
+#: at each tenth of its steps, but not within PROGRESS_MIN_GAP_S of the last (short epochs need none), and
+#: at least every PROGRESS_EVERY_S (long steps).
+PROGRESS_FRACTION = 0.1
+PROGRESS_MIN_GAP_S = 10.0
+PROGRESS_EVERY_S = 30.0
+LOSS = "PPYoloELoss/loss"
+#: The loss components in the epoch line and the results table, by their short names.
+LOSS_COMPONENTS = ("loss_cls", "loss_iou", "loss_dfl")
+MAP_50, MAP_50_95 = "mAP@0.50", "mAP@0.50:0.95"
 
 
 def to_jsonable(value: Any) -> Any:
@@ -103,9 +113,19 @@ def training_params(request: TrainRequest, class_names: list[str], callbacks: li
                 include_classwise_ap=True,
                 class_names=class_names,
                 post_prediction_callback=sg.post_prediction_callback(),
-            )
+            ),
+            # mAP@0.50:0.95 for the epoch line and the curves; its best-score thresholds would collide with
+            # the first metric's keys (and are the same kind of number).
+            DetectionMetrics(
+                score_thres=0.1,
+                top_k_predictions=300,
+                num_cls=num_classes,
+                normalize_targets=True,
+                calc_best_score_thresholds=False,
+                post_prediction_callback=sg.post_prediction_callback(),
+            ),
         ],
-        "metric_to_watch": "mAP@0.50",
+        "metric_to_watch": MAP_50,
         "phase_callbacks": callbacks,
         # Training batches arrive as uint8 (see data.train_transforms): standardize them on the device.
         "pre_prediction_callback": speed.DevicePrep(channels_last=speed.use_channels_last(request.channels_last)),
@@ -134,10 +154,13 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         history: list[dict[str, Any]],
         images_per_epoch: int,
         batches_per_epoch: int,
+        epochs: int | None = None,
         restored: Path | None = None,
         writes: bool = True,
     ) -> None:
         self.storage = storage
+        #: The run's total epochs (``epoch i/N`` and the ETA); None: unknown.
+        self.epochs = epochs
         #: False on every process but the first of a DDP run: it uploads nothing and commits no state.
         #: (super-gradients' ``multi_process_safe`` only looks at the local rank, i.e. one writer per node.)
         self.writes = writes
@@ -151,6 +174,12 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         self._sent: dict[str, tuple[int, int]] = _file_stats(restored) if restored else {}
         self._pending: dict[str, Any] | None = None
         self._epoch_started = self._train_started = self._last_progress = time.monotonic()
+        self._loss_sum: Any = 0.0  # a device tensor while training (see running_loss)
+        self._loss_steps = 0
+        self._next_progress_step = 0
+        #: Seconds of each epoch this attempt trained (the ETA's basis; a resumed run's earlier epochs ran
+        #: elsewhere, maybe on other hardware).
+        self._epoch_seconds: list[float] = []
         self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-sync")
         self._upload: Future[None] | None = None
 
@@ -166,22 +195,49 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
     def on_train_loader_start(self, context: PhaseContext) -> None:
         self._publish_pending(background=True)
         self._epoch_started = self._train_started = self._last_progress = time.monotonic()
+        self._loss_sum, self._loss_steps = 0.0, 0
+        self._next_progress_step = self._progress_step(1)
+
+    def _progress_step(self, part: int) -> int:
+        """The step that completes the ``part``-th :data:`PROGRESS_FRACTION` of the epoch."""
+        return max(1, math.ceil(self.batches_per_epoch * PROGRESS_FRACTION * part))
 
     @multi_process_safe  # type: ignore[untyped-decorator]
     def on_train_batch_end(self, context: PhaseContext) -> None:
+        self._loss_sum += running_loss(context)
+        self._loss_steps += 1
+        done = (context.batch_idx or 0) + 1
+        if done >= self.batches_per_epoch:
+            return  # the epoch line follows
         now = time.monotonic()
-        if now - self._last_progress < PROGRESS_EVERY_S:
+        since = now - self._last_progress
+        at_a_tenth = done >= self._next_progress_step
+        if at_a_tenth:
+            parts_done = math.floor(done / (self.batches_per_epoch * PROGRESS_FRACTION))
+            self._next_progress_step = self._progress_step(parts_done + 1)
+        if not ((at_a_tenth and since >= PROGRESS_MIN_GAP_S) or since >= PROGRESS_EVERY_S):
             return
         self._last_progress = now
-        done = (context.batch_idx or 0) + 1
-        rate = done * self.images_per_epoch / max(self.batches_per_epoch, 1) / (now - self._train_started)
-        log.info("epoch %d: batch %d/%d, %.1f images/s", context.epoch + 1, done, self.batches_per_epoch, rate)
+        elapsed = now - self._train_started
+        log.info(
+            "%s",
+            progress_line(
+                epoch=context.epoch + 1,
+                epochs=self.epochs,
+                step=done,
+                steps=self.batches_per_epoch,
+                loss=float(self._loss_sum) / max(self._loss_steps, 1),
+                images_per_second=done * self.images_per_epoch / max(self.batches_per_epoch, 1) / elapsed,
+                elapsed=elapsed,
+            ),
+        )
 
     def on_train_loader_end(self, context: PhaseContext) -> None:
         seconds = time.monotonic() - self._train_started
         self._pending = {
             "epoch": context.epoch + 1,
             "train": to_jsonable(context.metrics_dict or {}),
+            "lr": learning_rate(context),
             "train_seconds": round(seconds, 2),
             "images_per_second": round(self.images_per_epoch / seconds, 1) if seconds > 0 else None,
         }
@@ -204,7 +260,11 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         self.wait()
         entry, self._pending = self._pending, None
         self.history.append(entry)
-        log.info("%s", epoch_line(entry))
+        self._epoch_seconds.append(float(entry.get("seconds") or entry.get("train_seconds") or 0))
+        eta = None
+        if self.epochs is not None and self.epochs > entry["epoch"]:
+            eta = (self.epochs - entry["epoch"]) * sum(self._epoch_seconds) / len(self._epoch_seconds)
+        log.info("%s", epoch_line(entry, epochs=self.epochs, eta_seconds=eta))
         state = {"run_id": self.run_id, "epochs_completed": entry["epoch"], "history": list(self.history)}
         # The file list is taken now, while nothing is writing checkpoints; only the bytes move later.
         changed = self._changed_files()
@@ -266,22 +326,117 @@ def _file_stats(root: Path) -> dict[str, tuple[int, int]]:
     return stats
 
 
-def epoch_line(entry: dict[str, Any]) -> str:
-    """``epoch 2: 14.1s (train 12.0s, 170.2 images/s)  train loss 3.21  valid mAP@0.50 0.412 ...``."""
-    parts = [f"epoch {entry['epoch']}: {entry.get('seconds', 0):.1f}s"]
+def running_loss(context: PhaseContext) -> Any:
+    """The batch's total loss (the last of super-gradients' ``loss_log_items``: cls, iou, dfl, total), left on
+    its device: summing it there costs no synchronisation per step; only a progress line reads it back."""
+    items = context.loss_log_items
+    if items is None or len(items) == 0:
+        return 0.0
+    return items[-1].detach() if hasattr(items, "detach") else float(items[-1])
+
+
+def learning_rate(context: PhaseContext) -> float | None:
+    """The first parameter group's learning rate at the end of the epoch's training."""
+    optimizer = getattr(context, "optimizer", None)
+    if optimizer is None or not optimizer.param_groups:
+        return None
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def duration(seconds: float | None) -> str:
+    """``45s``, ``3m05s``, ``2h07m``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _epoch_of(epoch: int, epochs: int | None) -> str:
+    return f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
+
+
+def _number(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def progress_line(
+    *,
+    epoch: int,
+    epochs: int | None,
+    step: int,
+    steps: int,
+    loss: float,
+    images_per_second: float,
+    elapsed: float,
+) -> str:
+    """``epoch 3/50  step 120/400 (30%)  loss 2.3104  81.2 images/s  epoch ETA 1m12s``."""
+    left = elapsed / step * (steps - step) if step else None
+    return (
+        f"{_epoch_of(epoch, epochs)}  step {step}/{steps} ({step / steps:.0%})  loss {loss:.4f}  "
+        f"{images_per_second:.1f} images/s  epoch ETA {duration(left)}"
+    )
+
+
+def epoch_line(entry: dict[str, Any], *, epochs: int | None = None, eta_seconds: float | None = None) -> str:
+    """``epoch 2/10  loss 3.2104 (cls 1.8 iou 0.9 dfl 0.5)  valid mAP@0.50 0.4120 mAP@0.50:0.95 0.2010  lr 4.8e-04
+    14.1s (train 12.0s)  170.2 images/s  ETA 1m53s``: a training tool's epoch summary, one line."""
+    train, valid = entry.get("train") or {}, entry.get("valid") or {}
+    parts = [_epoch_of(entry["epoch"], epochs)]
+    if train.get(LOSS) is not None:
+        components = " ".join(
+            f"{name.removeprefix('loss_')} {train[f'PPYoloELoss/{name}']:.3f}"
+            for name in LOSS_COMPONENTS
+            if train.get(f"PPYoloELoss/{name}") is not None
+        )
+        parts.append(f"loss {train[LOSS]:.4f}" + (f" ({components})" if components else ""))
+    if valid:
+        parts.append(
+            f"valid {MAP_50} {_number(valid.get(MAP_50), '.4f')} {MAP_50_95} {_number(valid.get(MAP_50_95), '.4f')}"
+        )
+    if entry.get("lr") is not None:
+        parts.append(f"lr {entry['lr']:.2e}")
+    if entry.get("seconds") is not None:
+        train_part = f" (train {entry['train_seconds']:.1f}s)" if entry.get("train_seconds") is not None else ""
+        parts.append(f"{entry['seconds']:.1f}s{train_part}")
     if entry.get("images_per_second"):
-        parts[0] += f" (train {entry['train_seconds']:.1f}s, {entry['images_per_second']:.1f} images/s)"
+        parts.append(f"{entry['images_per_second']:.1f} images/s")
+    if eta_seconds is not None:
+        parts.append(f"ETA {duration(eta_seconds)}")
     if entry.get("recovered_from_checkpoint"):
         parts.append("(recovered from the checkpoint)")
-    train = entry.get("train", {})
-    for key in ("PPYoloELoss/loss",):
-        if train.get(key) is not None:
-            parts.append(f"train loss {train[key]:.4f}")
-    valid = entry.get("valid", {})
-    for key in ("PPYoloELoss/loss", "Precision@0.50", "Recall@0.50", "mAP@0.50", "F1@0.50"):
-        if valid.get(key) is not None:
-            parts.append(f"valid {key.split('/')[-1]} {valid[key]:.4f}")
     return "  ".join(parts)
+
+
+#: The results table's columns: header, width, value of a history entry.
+_COLUMNS: tuple[tuple[str, int, Any], ...] = (
+    ("epoch", 5, lambda e: str(e["epoch"])),
+    ("loss", 8, lambda e: _number((e.get("train") or {}).get(LOSS), ".4f")),
+    *(
+        (
+            name.removeprefix("loss_"),
+            7,
+            lambda e, n=name: _number((e.get("train") or {}).get(f"PPYoloELoss/{n}"), ".3f"),
+        )
+        for name in LOSS_COMPONENTS
+    ),
+    ("val loss", 8, lambda e: _number((e.get("valid") or {}).get(LOSS), ".4f")),
+    (MAP_50, 8, lambda e: _number((e.get("valid") or {}).get(MAP_50), ".4f")),
+    (MAP_50_95, 13, lambda e: _number((e.get("valid") or {}).get(MAP_50_95), ".4f")),
+    ("lr", 8, lambda e: _number(e.get("lr"), ".2e")),
+    ("time", 7, lambda e: _number(e.get("seconds"), ".1f")),
+)
+
+
+def results_table(history: list[dict[str, Any]]) -> list[str]:
+    """One row per epoch: losses, mAP@0.50, mAP@0.50:0.95, learning rate, seconds (right-aligned columns)."""
+    rows = [[header for header, _, _ in _COLUMNS]]
+    rows += [[value(entry) for _, _, value in _COLUMNS] for entry in history]
+    widths = [max(width, *(len(row[i]) for row in rows)) for i, (_, width, _) in enumerate(_COLUMNS)]
+    return ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
 
 
 def checkpoint_progress(path: Path) -> tuple[int, dict[str, Any]]:
@@ -388,6 +543,23 @@ class _Trainer(Trainer):  # type: ignore[misc]  # super-gradients is untyped
         super()._validate_final_average_model(context=context, checkpoint_dir_path=checkpoint_dir_path, **kwargs)
 
 
+def write_history(
+    history: list[dict[str, Any]], *, work_dir: Path, output_uri: str, storage: Storage
+) -> dict[str, str]:
+    """``history.json`` and ``training_curves.png`` at ``output_uri``; returns ``{"history": name, ...}``
+    (:attr:`TrainResult.files`). A plot that fails to draw is logged, not fatal: the model is what matters."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / HISTORY_FILE).write_text(json.dumps(to_jsonable(history), indent=2))
+    files = {"history": HISTORY_FILE}
+    try:
+        plots.save_figure(plots.training_curves(history), work_dir / plots.TRAINING_CURVES)
+        files["training_curves"] = plots.TRAINING_CURVES
+    except Exception:  # a drawing bug must not fail a finished training
+        log.warning("could not draw %s", plots.TRAINING_CURVES, exc_info=True)
+    storage.upload_tree(work_dir, output_uri, files=sorted(files.values()))
+    return files
+
+
 def _restore_run(
     request: TrainRequest, storage: Storage, ckpt_root: Path, *, download: bool
 ) -> tuple[str | None, list[dict[str, Any]], Path | None]:
@@ -486,6 +658,7 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
         history=history,
         images_per_epoch=data.images_per_epoch(train_loader) * world,
         batches_per_epoch=len(train_loader),
+        epochs=request.epochs,
         restored=restored if rank == 0 else None,
         writes=rank == 0,
     )
@@ -512,6 +685,10 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
     run_dir = Path(trainer.checkpoints_dir_path)
     averaged = (run_dir / AVERAGE_CHECKPOINT).exists()
     final_valid = history[-1]["valid"] if history else {}
+    log.info("results (%d epochs):", len(history))
+    for row in results_table(history):
+        log.info("  %s", row)
+    files = write_history(history, work_dir=work_dir / "train_out", output_uri=request.output_uri, storage=storage)
     result = TrainResult(
         run_id=sync.run_id or run_dir.name,
         model_name=request.model_name,
@@ -525,6 +702,8 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
         run_uri=run_uri,
         valid_metrics=final_valid,
         history=history,
+        files=files,
+        channel_order=data.MODEL_CHANNELS,
         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         gpus=world if torch.cuda.is_available() else 0,
         loader_workers=train_loader.num_workers,

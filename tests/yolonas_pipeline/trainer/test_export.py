@@ -170,6 +170,7 @@ def test_onnx_with_and_without_nms_matches_pytorch(trained: TrainedModel, traine
         "shape": [1, 3, 96, 96],
         "dtype": "uint8",
         "channels": "RGB",
+        "model_channels": "RGB",  # the graph's input order is the model's: no swap inside
         "layout": "letterboxed: longer side scaled to input size, padded bottom/right with 114",
     }
     for name, digest in report["sha256"].items():

@@ -6,11 +6,24 @@ the end-to-end check (no credential in any uploaded file after a real training r
 
 from __future__ import annotations
 
+import io
 import logging
+import warnings
+from collections.abc import Iterator
 
 import pytest
 
-from yolonas_pipeline.trainer.logs import LIBRARY_LEVELS, REDACTED, RedactingFilter, configure, redact
+from yolonas_pipeline.trainer.logs import (
+    LIBRARY_LEVELS,
+    REDACTED,
+    TEE_ANNOUNCEMENTS,
+    WARNINGS_LOGGER,
+    DroppingStream,
+    RedactingFilter,
+    configure,
+    is_noise,
+    redact,
+)
 
 # What botocore logs at DEBUG for one request (headers as a dict of bytes), and a presigned URL.
 BOTOCORE_LINE = (
@@ -76,3 +89,75 @@ def test_configure_caps_the_libraries_that_log_headers_and_prints_prefixed_lines
         logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
         for name in LIBRARY_LEVELS:
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def configured() -> Iterator[None]:
+    """:func:`configure` for one test; the package and warnings loggers as they were afterwards."""
+    names = ("yolonas_pipeline", WARNINGS_LOGGER)
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate) for name in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        configure()
+        try:
+            yield
+        finally:
+            logging.captureWarnings(False)
+            for name, (handlers, propagate) in saved.items():
+                logging.getLogger(name).handlers[:], logging.getLogger(name).propagate = handlers, propagate
+
+
+#: What super-gradients and its dependencies print at import and during training that a task log does not need.
+NOISE_RECORDS = [
+    (
+        "super_gradients.sanity_check.env_sanity_check",
+        logging.WARNING,
+        "\x1b[31mFailed to verify installed packages: coverage required but not found\x1b[0m",
+    ),
+    (
+        "super_gradients.common.crash_handler.crash_tips_setup",
+        logging.INFO,
+        "Crash tips is disabled. You can set your environment variable to CRASH_HANDLER=TRUE to enable it",
+    ),
+    ("matplotlib.font_manager", logging.INFO, "generated new fontManager"),
+    ("super_gradients.common.sg_loggers.base_sg_logger", logging.INFO, "Checkpoint saved in /x/ckpt_best.pth"),
+    (
+        WARNINGS_LOGGER,
+        logging.WARNING,
+        "/v/site-packages/super_gradients/common/deprecate.py:5: UserWarning: pkg_resources is deprecated as an API.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "level", "message"), NOISE_RECORDS, ids=[r[0] for r in NOISE_RECORDS])
+def test_super_gradients_noise_is_logged_at_debug(
+    configured: None, capfd: pytest.CaptureFixture[str], name: str, level: int, message: str
+) -> None:
+    assert is_noise(logging.LogRecord(name, level, __file__, 1, message, None, None))
+    record = logging.getLogger(name).makeRecord(name, level, __file__, 1, message, None, None)
+    assert (record.levelno, record.levelname) == (logging.DEBUG, "DEBUG")  # demoted as it was made
+    logging.getLogger(WARNINGS_LOGGER).handle(record)
+    assert capfd.readouterr().out == ""
+
+
+def test_other_records_of_the_same_loggers_keep_their_level(configured: None) -> None:
+    logger = logging.getLogger("super_gradients.training.sg_trainer.sg_trainer")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "metric_to_watch fuzzy-matched", None, None)
+    assert not is_noise(record) and record.levelno == logging.WARNING
+
+
+def test_python_warnings_are_warning_lines(configured: None, capfd: pytest.CaptureFixture[str]) -> None:
+    warnings.warn("the learning rate is very high", UserWarning, stacklevel=1)
+    warnings.warn("pkg_resources is deprecated as an API", DeprecationWarning, stacklevel=1)
+    lines = capfd.readouterr().out.splitlines()
+    assert any(line.startswith("[yolonas] WARNING: ") and "UserWarning: the learning rate" in line for line in lines)
+    assert not any("pkg_resources" in line for line in lines), lines
+
+
+def test_the_tees_announcements_are_dropped() -> None:
+    out = io.StringIO()
+    stream = DroppingStream(out, TEE_ANNOUNCEMENTS)
+    stream.write("The console stream is logged into /work/sg_logs/console.log\n")
+    stream.write("The console stream is now moved to /work/run/console.txt\n")
+    stream.write("[yolonas] epoch 1/2  loss 3.1\n")
+    assert out.getvalue() == "[yolonas] epoch 1/2  loss 3.1\n"

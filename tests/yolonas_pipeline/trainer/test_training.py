@@ -63,6 +63,27 @@ def test_trainer_environment_tests_pass(local_export: Path, trainer_python: Path
 
 
 # -- a killed run resumes ----------------------------------------------------------------------------------------
+#: An epoch's summary line (not a progress line, ``epoch 1/2  step 3/10 ...``) from the first process.
+EPOCH_LINE = re.compile(r"^\[yolonas\] epoch (\d+)/(\d+)  loss \d+\.\d{4} \(cls [\d.]+ iou [\d.]+ dfl [\d.]+\)  valid ")
+
+
+def retrained_epochs(output: str) -> list[int]:
+    """The epochs the first process reported finishing (its lines carry the plain prefix)."""
+    return [int(match[1]) for line in output.splitlines() if (match := EPOCH_LINE.match(line))]
+
+
+#: What super-gradients prints that a training log does not need (see trainer/logs.py).
+NOISE = (
+    "Failed to verify installed packages",
+    "Crash tips is disabled",
+    "The console stream is",
+    "fontManager",
+    "pkg_resources",
+    "torch.cuda.amp",
+    "it/s]",  # tqdm bars
+)
+
+
 def read_json(moto_s3: MotoS3, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         body = moto_s3.client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -190,12 +211,14 @@ def test_killed_training_resumes_at_the_next_epoch_in_the_same_run(resumed_run: 
 
     output = run.second_output
     assert f"[yolonas] resuming run {run_id} after epoch {killed_at} from {request.output_uri}" in output
-    retrained = [
-        int(line.split()[2].rstrip(":"))
-        for line in output.splitlines()
-        if line.startswith("[yolonas] epoch ") and "batch" not in line
-    ]
+    retrained = retrained_epochs(output)
     assert sorted(set(retrained)) == list(range(killed_at + 1, EPOCHS + 1)), output[-3000:]
+    assert f"[yolonas] results ({EPOCHS} epochs):" in output
+    table = output.split(f"[yolonas] results ({EPOCHS} epochs):\n", 1)[1].splitlines()
+    assert table[0].split()[:2] == ["[yolonas]", "epoch"] and len(table[1 : 1 + EPOCHS]) == EPOCHS
+    # super-gradients' noise is not in the task log (its DEBUG files still have it).
+    noise = [needle for needle in NOISE if needle in run.first_output + output]
+    assert noise == [], output[-5000:]
 
     result = read_json(moto_s3, run.bucket, f"{run.prefix}/result.json")
     final_state = read_json(moto_s3, run.bucket, f"{run.prefix}/state.json")
@@ -208,6 +231,13 @@ def test_killed_training_resumes_at_the_next_epoch_in_the_same_run(resumed_run: 
     assert all(entry.get("images_per_second") for entry in result["history"])
     assert result["run_uri"] == f"{request.output_uri}/run"
     assert result["request"] == request.model_dump(mode="json")
+    assert result["channel_order"] == "RGB"
+    # The history as its own file, and the curves drawn from it, beside result.json.
+    assert result["files"] == {"history": "history.json", "training_curves": "training_curves.png"}
+    assert read_json(moto_s3, run.bucket, f"{run.prefix}/history.json") == result["history"]
+    curves = moto_s3.client.get_object(Bucket=run.bucket, Key=f"{run.prefix}/training_curves.png")["Body"].read()
+    assert curves[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(entry["valid"].get("mAP@0.50:0.95") is not None and entry.get("lr") for entry in result["history"])
 
     # The run directory in S3 mirrors the finished local one: same run, snapshots file gone.
     files = Storage(moto_s3.client).list_files(f"s3://{run.bucket}/{run.prefix}/run")
@@ -286,15 +316,6 @@ def object_versions(moto_s3: MotoS3, bucket: str, key: str) -> int:
     """How many times ``key`` was written."""
     response = moto_s3.client.list_object_versions(Bucket=bucket, Prefix=key)
     return len([version for version in response.get("Versions", []) if version["Key"] == key])
-
-
-def retrained_epochs(output: str) -> list[int]:
-    """The epochs the first process reported finishing (its lines carry the plain prefix)."""
-    return [
-        int(line.split()[2].rstrip(":"))
-        for line in output.splitlines()
-        if line.startswith("[yolonas] epoch ") and "batch" not in line
-    ]
 
 
 @pytest.mark.slow
