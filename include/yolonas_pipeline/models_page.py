@@ -41,7 +41,7 @@ TRAINING_DAG_ID = "yolonas_training"
 #: Files shown inline; anything else is offered as a download.
 INLINE_TYPES = ("image/", "application/json", "text/")
 #: Plot files in display order (others follow alphabetically): training curves, PR curves, confusion, samples.
-PLOT_ORDER = ("results.png", "pr_curves.png", "confusion_matrix.png", "sample_predictions.png")
+PLOT_ORDER = ("training_curves.png", "results.png", "pr_curves.png", "confusion_matrix.png", "sample_predictions.png")
 _EXTRA_TYPES = {".json": "application/json", ".onnx": "application/octet-stream", ".pth": "application/octet-stream"}
 
 
