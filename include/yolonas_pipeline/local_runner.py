@@ -8,7 +8,9 @@ caller's log; a non-zero exit raises with the last lines, so the task log shows 
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +21,14 @@ import yolonas_pipeline
 #: Interpreter of the trainer environment; the embedded default points it at .venvs/trainer/bin/python.
 TRAINER_PYTHON_ENV = "YOLONAS_TRAINER_PYTHON"
 TAIL_LINES = 40
+#: The trainer prints records above INFO as ``[yolonas] WARNING: ...`` (``[yolonas rank N] ERROR: ...``).
+_LEVEL_OF_LINE = re.compile(r"^\[yolonas(?: rank \d+)?\] (WARNING|ERROR|CRITICAL): ")
+
+
+def line_level(line: str) -> int:
+    """The logging level a trainer output line was printed at, so Airflow's level filter applies to it."""
+    found = _LEVEL_OF_LINE.match(line)
+    return int(getattr(logging, found.group(1))) if found else logging.INFO
 
 
 class TrainerCommandError(RuntimeError):

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
 
-from yolonas_pipeline.local_runner import TRAINER_PYTHON_ENV, LocalTrainerProcess, TrainerCommandError, local_argv
+from yolonas_pipeline.local_runner import (
+    TRAINER_PYTHON_ENV,
+    LocalTrainerProcess,
+    TrainerCommandError,
+    line_level,
+    local_argv,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +58,16 @@ def test_a_failing_command_raises_with_its_last_lines() -> None:
     script = "import sys; print('step 1'); print('bad input: epochs', file=sys.stderr); sys.exit(3)"
     with pytest.raises(TrainerCommandError, match=r"status 3(.|\n)*bad input: epochs"):
         LocalTrainerProcess().run(["python", "-c", script], env={}, log=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ("[yolonas] epoch 2/10  loss 3.09", logging.INFO),
+        ("[yolonas] WARNING: torch.cuda.amp.GradScaler is deprecated", logging.WARNING),
+        ("[yolonas rank 1] ERROR: the loader died", logging.ERROR),
+        ("WARNING: a line the trainer did not format", logging.INFO),
+    ],
+)
+def test_a_trainer_line_keeps_the_level_it_was_printed_at(line: str, level: int) -> None:
+    assert line_level(line) == level

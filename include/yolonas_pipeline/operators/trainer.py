@@ -22,7 +22,7 @@ from kubernetes.client import models as k8s
 from yolonas_pipeline import evaluate, settings, train
 from yolonas_pipeline.contracts import Metrics, TrainResult
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.local_runner import LocalTrainerProcess
+from yolonas_pipeline.local_runner import LocalTrainerProcess, line_level
 from yolonas_pipeline.operators._aws import storage_for, trainer_environment
 from yolonas_pipeline.operators._errors import input_errors_fail_without_retry
 from yolonas_pipeline.operators.links import TRAINER_LINKS
@@ -98,7 +98,7 @@ class TrainerProcessOperator(BaseOperator):
             if not self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ""  # the plan said CPU: keep it so, as a CPU pod would be
             self._process = LocalTrainerProcess()
-            self._process.run(argv, env=env, log=self.log.info)
+            self._process.run(argv, env=env, log=lambda line: self.log.log(line_level(line), "%s", line))
             return read_result(command, self.result_uri, aws_conn_id=self.aws_conn_id)
 
     def on_kill(self) -> None:
