@@ -123,6 +123,7 @@ def decide(
             f"{margin:.4f} (a tie never promotes)"
         )
     deltas: dict[str, float | None] = {}
+    regressed = False
     for name in sorted(set(candidate.per_class) | set(champion.per_class)):
         a = _class_ap(candidate, name)
         b = _class_ap(champion, name)
@@ -131,12 +132,12 @@ def decide(
             continue
         deltas[name] = a - b
         if a - b < -class_ap_tolerance - 1e-12:
-            promote = False
+            promote, regressed = False, True
             reasons.append(
                 f"class {name!r} AP@0.50:0.95 drops {b:.4f} -> {a:.4f} ({a - b:+.4f}), more than the tolerance "
                 f"{class_ap_tolerance:.4f}"
             )
-    if not any(reason.startswith("class ") for reason in reasons):
+    if not regressed:
         reasons.append(f"no class AP@0.50:0.95 drops by more than {class_ap_tolerance:.4f}")
     return promote, reasons, deltas
 
