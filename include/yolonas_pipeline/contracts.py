@@ -490,6 +490,8 @@ class PromotionDecision(Part):
     reasons: list[str]
     margin: float
     class_ap_tolerance: float
+    #: The floor the candidate had to reach (0 in decisions recorded before there was one).
+    min_map_50_95: float = 0.0
     candidate: dict[str, Any]
     #: The champion compared against (``None`` when there was none), with where its numbers came from.
     champion: dict[str, Any] | None

@@ -118,8 +118,9 @@ def plan_run(
         f"{class_plan.checkpoint_uri or 'none (from scratch)'}",
         f"preflight: train {settings.epochs} epochs x {steps} steps (batch {settings.batch_size} x {world} "
         f"process(es), {settings.input_size} px, lr {settings.learning_rate}) on {where}",
-        f"preflight: promotion gate: mAP@0.50:0.95 must beat the champion ({pointer}) by at least "
-        f"{settings.promotion_margin} with no class AP@0.50:0.95 dropping by more than {settings.class_ap_tolerance}",
+        f"preflight: promotion gate: mAP@0.50:0.95 must reach {settings.min_map_50_95} (the first champion too) "
+        f"and beat the champion ({pointer}) by more than {settings.promotion_margin} (a tie keeps the champion), "
+        f"with no class AP@0.50:0.95 dropping by more than {settings.class_ap_tolerance}",
         f"preflight: artifacts under {outputs['run_uri']}, bundle to {outputs['bundle_uri']}",
     ]
     summary.extend(f"preflight: WARNING: {w}" for w in class_plan.warnings)
@@ -155,6 +156,7 @@ def plan_run(
         publishing={
             "promotion_margin": settings.promotion_margin,
             "class_ap_tolerance": settings.class_ap_tolerance,
+            "min_map_50_95": settings.min_map_50_95,
         },
         training_key=train.training_key(
             train_request,

@@ -1,10 +1,14 @@
 """The promotion gate: does a newly published model replace the current champion?
 
 The champion is named by one small object, ``<models_uri>/<model>/champion.json``, that points at a
-published bundle. A candidate becomes the champion only if, **on the same evaluation split**,
+published bundle. A candidate becomes the champion only if
 
-- its mAP@0.50:0.95 beats the champion's by at least ``margin`` (absolute, e.g. 0.005), and
+- its mAP@0.50:0.95 reaches the floor ``min_map_50_95`` (absolute; the first champion too: a model that
+  detects nothing scores 0 and is never crowned), and, when there is a champion, **on the same evaluation split**,
+- its mAP@0.50:0.95 beats the champion's by more than ``margin`` (absolute; a tie never promotes), and
 - no class's AP@0.50:0.95 drops by more than ``class_ap_tolerance`` (absolute).
+
+Every reason of a decision names the candidate's figure, the one it was compared with and the rule.
 
 "The same split" is checked, not assumed: the champion's numbers come from the evaluate stage, which
 re-scores the champion's checkpoint on the candidate's split (``metrics.json["champion"]``), or from the
@@ -38,7 +42,7 @@ from yolonas_pipeline.contracts import (
     champion_uri,
 )
 from yolonas_pipeline.errors import StageInputError
-from yolonas_pipeline.run_settings import DEFAULT_CLASS_AP_TOLERANCE, DEFAULT_MARGIN
+from yolonas_pipeline.run_settings import DEFAULT_CLASS_AP_TOLERANCE, DEFAULT_MARGIN, DEFAULT_MIN_MAP_50_95
 from yolonas_pipeline.storage import Storage, is_s3_uri, join_uri, split_s3_uri
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,7 @@ METRIC = "map_50_95"
 __all__ = [
     "DEFAULT_CLASS_AP_TOLERANCE",
     "DEFAULT_MARGIN",
+    "DEFAULT_MIN_MAP_50_95",
     "PromotionDecision",
     "apply_decision",
     "champion_uri",
@@ -58,6 +63,8 @@ __all__ = [
 ]
 #: S3 error codes of a conditional write that lost: the object changed (412) or a concurrent write (409).
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+#: Two figures closer than this are equal (mAP is an average of a few hundred precisions; float noise is ~1e-16).
+_EQUAL = 1e-9
 
 
 class Scores(Protocol):
@@ -77,27 +84,46 @@ def decide(
     *,
     margin: float = DEFAULT_MARGIN,
     class_ap_tolerance: float = DEFAULT_CLASS_AP_TOLERANCE,
+    min_map_50_95: float = DEFAULT_MIN_MAP_50_95,
 ) -> tuple[bool, list[str], dict[str, float | None]]:
-    """Compare the candidate's scores with the champion's on the same split (mAP@0.50:0.95 and per-class AP).
+    """Compare the candidate's scores with the floor and with the champion's on the same split (mAP@0.50:0.95
+    and per-class AP).
 
-    Returns ``(promote, reasons, per-class AP deltas)``; every rule that fails adds a reason.
+    Returns ``(promote, reasons, per-class AP deltas)``; every rule adds a reason, passed or failed.
     """
-    if margin < 0 or class_ap_tolerance < 0:
+    if margin < 0 or class_ap_tolerance < 0 or min_map_50_95 < 0:
         raise StageInputError(
-            f"promotion_margin={margin} and class_ap_tolerance={class_ap_tolerance} must not be negative"
+            f"promotion_margin={margin}, class_ap_tolerance={class_ap_tolerance} and min_map_50_95={min_map_50_95} "
+            "must not be negative"
+        )
+    new = _number(candidate, "the candidate")
+    reasons: list[str] = []
+    # The floor applies to every candidate: a champion crowned with a lower floor must not open the way for a
+    # model that barely beats it.
+    promote = new >= min_map_50_95 - _EQUAL
+    if promote:
+        reasons.append(f"mAP@0.50:0.95 {new:.4f} reaches the floor min_map_50_95 {min_map_50_95:.4f}")
+    else:
+        reasons.append(
+            f"mAP@0.50:0.95 {new:.4f} is below the floor min_map_50_95 {min_map_50_95:.4f}: no model under it "
+            "becomes champion, the first one included"
         )
     if champion is None:
-        return True, ["there is no champion yet"], {}
-    new, old = _number(candidate, "the candidate"), _number(champion, "the champion")
+        first = ": the first model that reaches the floor wins" if promote else ""
+        reasons.append(f"there is no champion yet{first}")
+        return promote, reasons, {}
+    old = _number(champion, "the champion")
     gain = new - old
-    reasons: list[str] = []
-    promote = True
-    if gain >= margin - 1e-12:
-        reasons.append(f"mAP@0.50:0.95 {new:.4f} vs champion {old:.4f}: +{gain:.4f} >= margin {margin:.4f}")
+    if gain > margin + _EQUAL:
+        reasons.append(f"mAP@0.50:0.95 {new:.4f} vs champion {old:.4f}: {gain:+.4f}, more than the margin {margin:.4f}")
     else:
         promote = False
-        reasons.append(f"mAP@0.50:0.95 {new:.4f} vs champion {old:.4f}: {gain:+.4f} is below the margin {margin:.4f}")
+        reasons.append(
+            f"mAP@0.50:0.95 {new:.4f} vs champion {old:.4f}: {gain:+.4f} does not beat it by more than the margin "
+            f"{margin:.4f} (a tie never promotes)"
+        )
     deltas: dict[str, float | None] = {}
+    regressed = False
     for name in sorted(set(candidate.per_class) | set(champion.per_class)):
         a = _class_ap(candidate, name)
         b = _class_ap(champion, name)
@@ -106,12 +132,12 @@ def decide(
             continue
         deltas[name] = a - b
         if a - b < -class_ap_tolerance - 1e-12:
-            promote = False
+            promote, regressed = False, True
             reasons.append(
                 f"class {name!r} AP@0.50:0.95 drops {b:.4f} -> {a:.4f} ({a - b:+.4f}), more than the tolerance "
                 f"{class_ap_tolerance:.4f}"
             )
-    if promote:
+    if not regressed:
         reasons.append(f"no class AP@0.50:0.95 drops by more than {class_ap_tolerance:.4f}")
     return promote, reasons, deltas
 
@@ -248,6 +274,7 @@ def run_gate(
     storage: Storage,
     margin: float = DEFAULT_MARGIN,
     class_ap_tolerance: float = DEFAULT_CLASS_AP_TOLERANCE,
+    min_map_50_95: float = DEFAULT_MIN_MAP_50_95,
 ) -> PromotionDecision:
     """Read the current champion and decide. ``candidate``: ``{"run_id", "bundle_uri", ...}`` of the new model."""
     pointer, version = read_champion(champion_pointer_uri, storage=storage)
@@ -272,6 +299,7 @@ def run_gate(
             reasons=reasons,
             margin=margin,
             class_ap_tolerance=class_ap_tolerance,
+            min_map_50_95=min_map_50_95,
             candidate=summary,
             champion=champion,
             class_ap_deltas=deltas or {},
@@ -279,8 +307,9 @@ def run_gate(
             decided_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
 
+    thresholds = {"margin": margin, "class_ap_tolerance": class_ap_tolerance, "min_map_50_95": min_map_50_95}
     if pointer is None:
-        promote, reasons, _ = decide(candidate_metrics, None, margin=margin, class_ap_tolerance=class_ap_tolerance)
+        promote, reasons, _ = decide(candidate_metrics, None, **thresholds)
         return decision(promote, reasons, None)
     champion_summary: dict[str, Any] = {"run_id": pointer.run_id, "bundle_uri": pointer.bundle_uri}
     if pointer.bundle_uri == candidate.get("bundle_uri"):
@@ -289,7 +318,7 @@ def run_gate(
     if baseline is None:
         return decision(False, [source], champion_summary)
     champion_summary.update({"metrics_source": source, "map_50": baseline.map_50, METRIC: baseline.map_50_95})
-    promote, reasons, deltas = decide(candidate_metrics, baseline, margin=margin, class_ap_tolerance=class_ap_tolerance)
+    promote, reasons, deltas = decide(candidate_metrics, baseline, **thresholds)
     return decision(promote, reasons, champion_summary, deltas)
 
 
@@ -349,6 +378,7 @@ def gate_and_apply(
     margin: float,
     class_ap_tolerance: float,
     record: Callable[[PromotionDecision], None],
+    min_map_50_95: float = DEFAULT_MIN_MAP_50_95,
     decision: PromotionDecision | None = None,
     attempts: int = 3,
 ) -> tuple[PromotionDecision, str]:
@@ -363,6 +393,7 @@ def gate_and_apply(
                 storage=storage,
                 margin=margin,
                 class_ap_tolerance=class_ap_tolerance,
+                min_map_50_95=min_map_50_95,
             )
             record(decision)
         log.info("%s", decision.summary())

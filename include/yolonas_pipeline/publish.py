@@ -90,6 +90,7 @@ class Gate:
     run_id: str
     margin: float = promote.DEFAULT_MARGIN
     class_ap_tolerance: float = promote.DEFAULT_CLASS_AP_TOLERANCE
+    min_map_50_95: float = promote.DEFAULT_MIN_MAP_50_95
 
 
 def publish_bundle(
@@ -190,6 +191,7 @@ def _promote(
         storage=storage,
         margin=gate.margin,
         class_ap_tolerance=gate.class_ap_tolerance,
+        min_map_50_95=gate.min_map_50_95,
         record=record,
         decision=decision,
     )
@@ -322,6 +324,7 @@ def publish_run(
             run_id=run_id,
             margin=settings.promotion_margin,
             class_ap_tolerance=settings.class_ap_tolerance,
+            min_map_50_95=settings.min_map_50_95,
         )
     result = publish_bundle(
         artifacts, destination_uri=destination, metadata=metadata, storage=storage, documents=documents, gate=gate

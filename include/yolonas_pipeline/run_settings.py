@@ -36,8 +36,14 @@ from yolonas_pipeline.errors import StageInputError
 from yolonas_pipeline.materialize_schema import PRESETS, SchemaConfig, SchemaMapping, schema_form_json_schema
 
 #: The promotion gate's defaults (see :mod:`yolonas_pipeline.promote`).
-DEFAULT_MARGIN = 0.0
+#: Half a point of mAP@0.50:0.95: a smaller gain is not worth replacing a deployed model for, and on a small
+#: evaluation split it is within what one image more or less found moves the figure. Above 0, so a tie never wins.
+DEFAULT_MARGIN = 0.005
 DEFAULT_CLASS_AP_TOLERANCE = 0.05
+#: The floor every champion must reach, the first one included. A model that detects nothing scores 0, and so
+#: does one trained for an epoch from scratch; a detector that finds its objects, even loosely, scores several
+#: times more (the demo's sample model 0.51). Low enough for a hard dataset's first model. 0: no floor.
+DEFAULT_MIN_MAP_50_95 = 0.05
 
 Bucket = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
 Prefix = Annotated[
@@ -307,8 +313,19 @@ class TrainingSettings(DatasetFields):
         json_schema_extra=_form(
             "Promotion margin (mAP@0.5:0.95)",
             "Publishing",
-            "0 to 1. The new model becomes champion (champion.json) if its mAP@0.5:0.95 beats the champion's by at "
-            "least this much, on the same evaluation split.",
+            "0 to 1. The new model becomes champion (champion.json) only if its mAP@0.5:0.95 beats the champion's "
+            "by more than this, on the same evaluation split (a tie never promotes).",
+        ),
+    )
+    min_map_50_95: float = Field(
+        default=DEFAULT_MIN_MAP_50_95,
+        ge=0,
+        le=1,
+        json_schema_extra=_form(
+            "Minimum mAP@0.5:0.95",
+            "Publishing",
+            "0 to 1. No model below this becomes champion, the first one included (a model that detects nothing "
+            "scores 0); 0: no floor.",
         ),
     )
     class_ap_tolerance: float = Field(

@@ -26,14 +26,25 @@ from yolonas_pipeline.embedded import (
     AIRFLOW_COMPONENTS,
     COMPONENTS,
     DAG_ID,
+    DEMO_CONF,
     AirflowApi,
     Embedded,
     Ports,
     StackError,
     check_ports_free,
+    per_class_table,
 )
 
-SMALL_RUN = {"epochs": 1, "batch_size": 8, "input_size": 128, "workers": 0, "mixed_precision": False}
+#: One epoch at 128 px: a model that detects nothing (mAP 0), so the gate's floor is off for it to be crowned;
+#: these tests are about the pipeline (tests/yolonas_pipeline/trainer/test_learning.py checks that training learns).
+SMALL_RUN = {
+    "epochs": 1,
+    "batch_size": 8,
+    "input_size": 128,
+    "workers": 0,
+    "mixed_precision": False,
+    "min_map_50_95": 0.0,
+}
 STAGES = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
 
 
@@ -92,6 +103,18 @@ def test_a_taken_port_is_named() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(StackError, match=f"port {port} .* the S3 server"):
             check_ports_free([port], "the S3 server", wait=0.5)
+
+
+def test_the_demo_trains_a_model_that_can_pass_the_gate_and_prints_per_class_ap() -> None:
+    from yolonas_pipeline.run_settings import TrainingSettings
+
+    settings = TrainingSettings.validated(DEMO_CONF, origin="DEMO_CONF")
+    assert settings.force and settings.min_map_50_95 > 0  # the demo's model meets the default floor, not a lower one
+    table = per_class_table(
+        {"Coverall": {"ap_50": 0.8125, "ap_50_95": 0.5, "boxes": 7}, "Mask": {"ap_50": None, "ap_50_95": None}}
+    )
+    assert table.splitlines()[1].split() == ["Coverall", "0.8125", "0.5000", "7"]
+    assert table.splitlines()[2].split() == ["Mask", "-", "-", "0"]
 
 
 # -- the whole stack ----------------------------------------------------------------------------------------------

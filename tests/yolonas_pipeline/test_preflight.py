@@ -78,9 +78,11 @@ def test_both_commands_are_complete_before_training() -> None:
 
 
 def test_the_plan_states_the_promotion_rule() -> None:
-    result = plan(promotion_margin=0.01, class_ap_tolerance=0.02)
+    result = plan(promotion_margin=0.01, class_ap_tolerance=0.02, min_map_50_95=0.1)
     [rule] = [line for line in result.summary if "promotion gate" in line]
-    assert "by at least 0.01" in rule and "more than 0.02" in rule
+    assert "must reach 0.1 (the first champion too)" in rule
+    assert "by more than 0.01 (a tie keeps the champion)" in rule and "by more than 0.02" in rule
+    assert result.publishing == {"promotion_margin": 0.01, "class_ap_tolerance": 0.02, "min_map_50_95": 0.1}
 
 
 def test_a_class_plan_that_disagrees_with_the_dataset_is_refused() -> None:

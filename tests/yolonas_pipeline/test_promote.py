@@ -83,8 +83,29 @@ def test_promotes_a_better_model() -> None:
         metrics(0.45, {"coverall": 0.47, "mask": 0.43}), CHAMPION, margin=0.01, class_ap_tolerance=0.05
     )
     assert promote_it
-    assert "+0.0500 >= margin 0.0100" in reasons[0]
+    assert reasons[0] == "mAP@0.50:0.95 0.4500 reaches the floor min_map_50_95 0.0500"
+    assert reasons[1] == "mAP@0.50:0.95 0.4500 vs champion 0.4000: +0.0500, more than the margin 0.0100"
     assert deltas == pytest.approx({"coverall": 0.07, "mask": 0.03})
+
+
+def test_better_by_more_than_the_default_margin_promotes() -> None:
+    assert promote.DEFAULT_MARGIN > 0
+    gain = promote.DEFAULT_MARGIN + 0.001
+    better = metrics(0.40 + gain, {"coverall": 0.40 + gain, "mask": 0.40 + gain})
+    promote_it, reasons, _ = promote.decide(better, CHAMPION)
+    assert promote_it, reasons
+    assert f"+{gain:.4f}, more than the margin {promote.DEFAULT_MARGIN:.4f}" in reasons[1]
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.005])
+def test_a_tie_never_promotes(margin: float) -> None:
+    tie = metrics(0.40, {"coverall": 0.40, "mask": 0.40})
+    promote_it, reasons, _ = promote.decide(tie, CHAMPION, margin=margin)
+    assert not promote_it
+    assert reasons[1] == (
+        f"mAP@0.50:0.95 0.4000 vs champion 0.4000: +0.0000 does not beat it by more than the margin {margin:.4f} "
+        "(a tie never promotes)"
+    )
 
 
 def test_refuses_a_better_model_with_a_regressed_class() -> None:
@@ -106,18 +127,51 @@ def test_refuses_a_gain_below_the_margin() -> None:
     promote_it, reasons, _ = promote.decide(
         metrics(0.405, {"coverall": 0.41, "mask": 0.40}), CHAMPION, margin=0.01, class_ap_tolerance=0.05
     )
-    assert not promote_it and "below the margin 0.0100" in reasons[0]
-    # The margin is inclusive.
-    assert promote.decide(metrics(0.41, {"coverall": 0.41, "mask": 0.41}), CHAMPION, margin=0.01)[0]
+    assert not promote_it and "+0.0050 does not beat it by more than the margin 0.0100" in reasons[1]
+    # Strictly more than the margin: a gain of exactly the margin is not enough.
+    assert not promote.decide(metrics(0.41, {"coverall": 0.41, "mask": 0.41}), CHAMPION, margin=0.01)[0]
+    assert promote.decide(metrics(0.411, {"coverall": 0.411, "mask": 0.411}), CHAMPION, margin=0.01)[0]
 
 
-def test_without_a_champion_the_first_model_wins() -> None:
-    assert promote.decide(CHAMPION, None) == (True, ["there is no champion yet"], {})
+def test_without_a_champion_the_first_model_that_reaches_the_floor_wins() -> None:
+    assert promote.decide(CHAMPION, None) == (
+        True,
+        [
+            "mAP@0.50:0.95 0.4000 reaches the floor min_map_50_95 0.0500",
+            "there is no champion yet: the first model that reaches the floor wins",
+        ],
+        {},
+    )
+
+
+def test_a_first_model_below_the_floor_is_refused() -> None:
+    assert promote.DEFAULT_MIN_MAP_50_95 > 0
+    detects_nothing = metrics(0.0, {"coverall": 0.0, "mask": 0.0})
+    promote_it, reasons, _ = promote.decide(detects_nothing, None)
+    assert not promote_it
+    assert reasons == [
+        "mAP@0.50:0.95 0.0000 is below the floor min_map_50_95 0.0500: no model under it becomes champion, the "
+        "first one included",
+        "there is no champion yet",
+    ]
+    assert not promote.decide(metrics(0.29, {"coverall": 0.29}), None, min_map_50_95=0.3)[0]
+    # 0 switches the floor off (tests whose point is elsewhere train models that detect nothing).
+    assert promote.decide(detects_nothing, None, min_map_50_95=0.0)[0]
+
+
+def test_the_floor_applies_with_a_champion_too() -> None:
+    weak_champion = metrics(0.01, {"coverall": 0.01, "mask": 0.01})
+    better_but_weak = metrics(0.03, {"coverall": 0.03, "mask": 0.03})
+    promote_it, reasons, _ = promote.decide(better_but_weak, weak_champion)
+    assert not promote_it
+    assert "below the floor min_map_50_95 0.0500" in reasons[0] and "more than the margin" in reasons[1]
 
 
 def test_bad_thresholds_are_refused() -> None:
     with pytest.raises(StageInputError, match="must not be negative"):
         promote.decide(CHAMPION, CHAMPION, margin=-0.1)
+    with pytest.raises(StageInputError, match="must not be negative"):
+        promote.decide(CHAMPION, CHAMPION, min_map_50_95=-0.1)
     with pytest.raises(StageInputError, match=r"the candidate has no mAP@0\.50:0\.95 to compare"):
         promote.decide(ChampionScore(bundle_uri="b", split="test", reason="not scored"), CHAMPION)
 
@@ -209,7 +263,27 @@ def test_gate_refuses_a_model_with_a_regressed_class(models: Models) -> None:
 def test_the_first_model_becomes_the_champion(models: Models) -> None:
     decision = models.gate("run-1", CHAMPION)
     assert decision.promote and decision.champion is None and decision.champion_version is None
+    assert decision.min_map_50_95 == promote.DEFAULT_MIN_MAP_50_95
     assert models.apply("run-1", CHAMPION, decision) == "updated"
+    assert models.champion().run_id  # type: ignore[union-attr] == "run-1"
+
+
+def test_a_first_model_below_the_floor_is_not_crowned(models: Models) -> None:
+    weak = metrics(0.02, {"coverall": 0.02, "mask": 0.02})
+    decision = models.gate("run-1", weak, min_map_50_95=0.05)
+    assert not decision.promote and decision.champion is None
+    assert "0.0200 is below the floor min_map_50_95 0.0500" in decision.summary()
+    assert decision.summary().startswith("promotion gate: KEEP CHAMPION")
+    assert models.apply("run-1", weak, decision) == "unchanged"
+    assert models.champion() is None
+
+
+def test_a_tie_with_the_champion_leaves_the_pointer(models: Models) -> None:
+    models.crown("run-1", CHAMPION)
+    tie = metrics(0.40, {"coverall": 0.40, "mask": 0.40})
+    decision = models.gate("run-2", tie)
+    assert not decision.promote and "(a tie never promotes)" in decision.reasons[1]
+    assert models.apply("run-2", tie, decision) == "unchanged"
     assert models.champion().run_id  # type: ignore[union-attr] == "run-1"
 
 

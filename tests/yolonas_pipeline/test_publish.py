@@ -250,7 +250,10 @@ def test_the_bundle_holds_every_file_and_its_manifest_verifies(bucket: Bucket) -
     # (10 s + 12.5 s of training) x 2 GPUs + 5 s of evaluation x 1 GPU
     assert manifest["compute"]["gpu_seconds"] == pytest.approx(50.0)
     assert manifest["evaluation"]["map_50_95"] == 0.30 and manifest["evaluation"]["split"] == "test"
-    assert manifest["promotion"]["promote"] and manifest["promotion"]["reasons"] == ["there is no champion yet"]
+    assert manifest["promotion"]["promote"] and manifest["promotion"]["min_map_50_95"] == 0.05
+    assert manifest["promotion"]["reasons"][-1] == (
+        "there is no champion yet: the first model that reaches the floor wins"
+    )
     config = json.loads(bucket.storage.read_text(f"{result.bundle_uri}/training_config.json"))
     assert config["run_settings"]["epochs"] == 2 and config["run_settings"]["publish_prefix"].endswith("/models")
     assert manifest["training"]["channel_order"] == "RGB"

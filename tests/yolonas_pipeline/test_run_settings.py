@@ -122,6 +122,19 @@ def test_the_form_is_generated_from_the_model() -> None:
         assert param.schema.get("title") and param.schema.get("section"), key
 
 
+def test_the_gate_has_a_floor_and_a_margin_above_zero_in_the_publishing_section() -> None:
+    settings = TrainingSettings.validated({}, origin="test")
+    assert settings.min_map_50_95 > 0 and settings.promotion_margin > 0  # nothing crowned for detecting nothing
+    params = form_params(TrainingSettings, settings)
+    floor = params["min_map_50_95"].schema
+    expected = {"type": "number", "minimum": 0, "maximum": 1, "section": "Publishing"}
+    assert {k: floor.get(k) for k in expected} == expected
+    assert floor["title"] == "Minimum mAP@0.5:0.95"
+    assert "first one included" in (params["min_map_50_95"].description or "")
+    with pytest.raises(StageInputError, match="min_map_50_95: Input should be less than or equal to 1"):
+        TrainingSettings.validated({"min_map_50_95": 2.0}, origin="test")
+
+
 def test_defaults_from_the_environment_are_checked() -> None:
     with pytest.raises(StageInputError, match=r"YOLONAS_TRAINING_DEFAULTS sets unknown field.*'epochz'"):
         defaults_with(TrainingSettings, {"epochz": 3}, origin="YOLONAS_TRAINING_DEFAULTS")

@@ -640,6 +640,7 @@ def run_train(request: TrainRequest, *, work_dir: Path, storage: Storage) -> Tra
         checkpoint_path = work_dir / "base_checkpoint.pth"
         log.info("downloading base checkpoint %s", request.checkpoint_uri)
         storage.download_file(request.checkpoint_uri, checkpoint_path)
+    torch.manual_seed(request.seed)  # the initial weights too: super-gradients seeds only when train() starts
     model = sg.build_model(
         request.model_name,
         num_classes=request.num_classes,
