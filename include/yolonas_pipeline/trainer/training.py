@@ -1,10 +1,11 @@
-"""``train``: fine-tune YOLO-NAS with super-gradients' Trainer, syncing the run to its output URI every epoch.
+"""``train``: fine-tune YOLO-NAS with super-gradients' Trainer, syncing the run to its output URI after each epoch
+(at most once a minute, see :class:`RunSync`).
 
 Layout under ``output_uri``::
 
     run/                 super-gradients' run directory (ckpt_latest.pth, ckpt_best.pth, logs, tfevents)
     state.json           {"run_id", "epochs_completed", "history"}: the commit point, rewritten after each
-                         epoch's files are uploaded (ckpt_latest.pth last of them)
+                         synced epoch's files are uploaded (ckpt_latest.pth last of them)
     history.json         the per-epoch history (losses, mAP, learning rate, times), when training is complete
     training_curves.png  losses and mAP per epoch, drawn from it (:func:`.plots.training_curves`)
     result.json          written last, when training is complete (:class:`~yolonas_pipeline.contracts.TrainResult`);
@@ -54,6 +55,8 @@ EXPERIMENT = "yolonas"
 STATE_FILE = "state.json"
 RUN_DIR = "run"
 LATEST_CHECKPOINT = "ckpt_latest.pth"
+#: The shortest time between two uploads of the run directory (see :class:`RunSync`).
+MIN_SYNC_SECONDS = 60.0
 BEST_CHECKPOINT = "ckpt_best.pth"
 AVERAGE_CHECKPOINT = "average_model.pth"
 #: Per-epoch snapshots are large and only useful locally; everything else in the run directory is synced.
@@ -144,6 +147,11 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
     training), or the average-model phase after the last. The upload must be finished before the next
     save overwrites the files, so the end of the next validation waits for it. Only files that changed
     since the last upload are sent; ``ckpt_latest.pth`` goes last and ``state.json`` after it.
+
+    Epochs shorter than ``min_sync_seconds`` are not each uploaded: an epoch's sync is skipped while the
+    last one started less than that long ago (the first epoch's and the last one's always go). A checkpoint
+    is hundreds of MB; on small data an epoch takes seconds, and uploading every one of them cost more than
+    the training (the S3 server took a core), while a retry loses at most that many seconds of training.
     """
 
     def __init__(
@@ -157,8 +165,11 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         epochs: int | None = None,
         restored: Path | None = None,
         writes: bool = True,
+        min_sync_seconds: float = MIN_SYNC_SECONDS,
     ) -> None:
         self.storage = storage
+        self.min_sync_seconds = min_sync_seconds
+        self._last_sync: float | None = None
         #: The run's total epochs (``epoch i/N`` and the ETA); None: unknown.
         self.epochs = epochs
         #: False on every process but the first of a DDP run: it uploads nothing and commits no state.
@@ -265,6 +276,10 @@ class RunSync(Callback):  # type: ignore[misc]  # super-gradients is untyped
         if self.epochs is not None and self.epochs > entry["epoch"]:
             eta = (self.epochs - entry["epoch"]) * sum(self._epoch_seconds) / len(self._epoch_seconds)
         log.info("%s", epoch_line(entry, epochs=self.epochs, eta_seconds=eta))
+        now = time.monotonic()
+        if background and self._last_sync is not None and now - self._last_sync < self.min_sync_seconds:
+            return  # the files stay unsent; the next sync (at the latest, the last epoch's) takes them
+        self._last_sync = now
         state = {"run_id": self.run_id, "epochs_completed": entry["epoch"], "history": list(self.history)}
         # The file list is taken now, while nothing is writing checkpoints; only the bytes move later.
         changed = self._changed_files()

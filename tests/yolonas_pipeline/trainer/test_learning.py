@@ -7,6 +7,7 @@ breaks learning: transforms, labels, box format, channel order, class mapping. I
 demo's sample (48 images, 38 for training): 30 epochs of 4 steps, about 3 s each on two idle cores. From scratch the
 model finds nothing for about 18 epochs (validation mAP@0.50 0), then learns quickly (0.36 after 23 epochs, 0.55
 after 26), so fewer epochs would test nothing; a pipeline that feeds it wrong labels or pixels stays at 0.
+Evaluated again with red and blue swapped, the same model must score clearly lower: the channel order is pinned.
 """
 
 from __future__ import annotations
@@ -78,3 +79,34 @@ def test_a_short_training_on_the_sample_learns_to_detect(tmp_path: Path, trainer
     print(f"\n{report}")
     assert metrics.split == "validation" and metrics.images == len(split_indices(NUM_IMAGES, 0)["validation"])
     assert metrics.map_50 is not None and metrics.map_50 >= MIN_MAP_50, f"training did not learn: {report}"
+
+    # The channel order is part of what the model learnt: the same validation images with red and blue swapped
+    # turn the sample's red Coverall boxes into its blue Gloves colour (and back), so the score must drop. A
+    # pipeline that fed the model one order in training and another in evaluation would score like this.
+    swapped = swap_red_and_blue(Path(export.dataset_uri), tmp_path / "swapped-dataset")
+    swapped_request = evaluate.model_copy(update={"dataset_uri": str(swapped), "output_uri": str(tmp_path / "ev-bgr")})
+    run = subprocess.run(
+        [str(trainer_python), *trainer_argv(swapped_request, gpus=0)[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    swapped_metrics = Metrics.read(str(tmp_path / "ev-bgr" / "metrics.json"), storage=Storage())
+    print(f"channels swapped: mAP@0.50 {swapped_metrics.map_50:.3f} (in order: {metrics.map_50:.3f})")
+    assert swapped_metrics.map_50 is not None and swapped_metrics.map_50 < metrics.map_50 - 0.1, report
+
+
+def swap_red_and_blue(dataset: Path, destination: Path) -> Path:
+    """A copy of a materialized dataset whose JPEGs have their red and blue channels exchanged."""
+    import shutil
+
+    from PIL import Image
+
+    shutil.copytree(dataset, destination)
+    for path in destination.rglob("*.jpg"):
+        with Image.open(path) as image:
+            red, green, blue = image.convert("RGB").split()
+            Image.merge("RGB", (blue, green, red)).save(path, quality=95)
+    return destination

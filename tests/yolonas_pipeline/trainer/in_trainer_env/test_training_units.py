@@ -196,3 +196,50 @@ def test_progress_lines_come_at_each_tenth_of_a_long_epoch(
     assert [int(line.split()[3].split("/")[0]) for line in lines] == lines_at
     if lines_at == [10, 20, 30, 40, 50, 60, 70, 80, 90]:
         assert lines[0] == "epoch 1/4  step 10/100 (10%)  loss 5.5000  8.0 images/s  epoch ETA 1m30s"
+
+
+class RecordingStorage:
+    """Just what RunSync calls, recording each state commit (``state.json``) with its epoch."""
+
+    def __init__(self) -> None:
+        self.commits: list[int] = []
+
+    def upload_tree(self, root: Path, uri: str, *, files: list[str]) -> None:
+        pass
+
+    def upload_file(self, path: Path, uri: str) -> None:
+        pass
+
+    def write_text(self, uri: str, text: str) -> None:
+        import json
+
+        self.commits.append(json.loads(text)["epochs_completed"])
+
+    def list_files(self, uri: str) -> list[str]:
+        return []
+
+
+@pytest.mark.parametrize(("min_sync_seconds", "commits"), [(60.0, [1, 5]), (0.0, [1, 2, 3, 4, 5])])
+def test_short_epochs_are_synced_at_most_once_a_minute_and_the_last_always(
+    tmp_path: Path, min_sync_seconds: float, commits: list[int]
+) -> None:
+    storage = RecordingStorage()
+    sync = RunSync(
+        storage=storage,  # type: ignore[arg-type]
+        output_uri="s3://bucket/train",
+        history=[],
+        images_per_epoch=8,
+        batches_per_epoch=1,
+        epochs=5,
+        min_sync_seconds=min_sync_seconds,
+    )
+    sync.run_dir, sync.run_id = tmp_path, "run"
+    for epoch in range(1, 6):
+        (tmp_path / "ckpt_latest.pth").write_bytes(b"x" * epoch)
+        sync._pending = {"epoch": epoch, "train": {}, "valid": {}, "seconds": 1.0}
+        # Epochs 2-4 end at the next epoch's start (in the background); the last one at the average-model phase.
+        sync._publish_pending(background=epoch < 5)
+        sync.wait()
+    sync.finish()
+    assert storage.commits == commits
+    assert [entry["epoch"] for entry in sync.history] == [1, 2, 3, 4, 5]  # every epoch is logged and kept
