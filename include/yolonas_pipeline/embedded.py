@@ -465,6 +465,21 @@ class Embedded:
     def down_s3(self) -> None:
         self._stop_group(["s3"])
 
+    def compact_s3(self, *, garbage_threshold: float = 0.1, timeout: float = 300) -> bool:
+        """Ask SeaweedFS's master to vacuum every volume with more than ``garbage_threshold`` of dead data.
+
+        SeaweedFS appends: an overwritten object (each run sync rewrites the checkpoints) keeps its old bytes
+        on disk until a vacuum, and ``weed mini`` vacuums rarely. One demo run left about 6 GB of garbage for
+        1.8 GB of live data. Best effort: False when the server did not answer."""
+        if self.running("s3") is None:
+            return False
+        url = f"http://127.0.0.1:{self.ports.master}/vol/vacuum?garbageThreshold={garbage_threshold}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
     def _up_s3(self, log: Callable[[str], None], *, deadline: float) -> None:
         health = self.s3_health()
         if health.state in (HEALTHY, "starting"):
@@ -577,6 +592,7 @@ class Embedded:
     def down(self) -> None:
         """Stop every component; the data (database, S3 objects, logs) stays."""
         self._stop_group(AIRFLOW_COMPONENTS)
+        self.compact_s3()
         self._stop_group(["s3"])
         self._stop_postgres()
 
@@ -890,6 +906,7 @@ def demo(stack: Embedded, conf: Mapping[str, Any]) -> int:
         print(f"\nthe embedded stack cannot run the job: {exc}", file=sys.stderr)
         return 2
     print_summary(stack, api, run_id, state)
+    stack.compact_s3()  # the run's checkpoint syncs left overwritten bytes behind
     return 0 if state == "success" else 1
 
 
