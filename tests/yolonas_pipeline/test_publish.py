@@ -412,7 +412,10 @@ def test_the_operator_publishes_with_the_runs_settings(bucket: Bucket) -> None:
         "map_50_95": result.map_50_95,
         "champion_map_50_95": None,
         "promoted": True,
-        "reasons": ["there is no champion yet"],
+        "reasons": [
+            "mAP@0.50:0.95 0.3000 reaches the floor min_map_50_95 0.0500",
+            "there is no champion yet: the first model that reaches the floor wins",
+        ],
         "bundle_uri": result.bundle_uri,
         "champion_update": "updated",
     }
