@@ -31,7 +31,7 @@ from typing import Any
 from airflow.sdk import DAG, task
 
 from yolonas_pipeline import settings
-from yolonas_pipeline.callbacks import log_failure
+from yolonas_pipeline.callbacks import default_args, log_failure
 from yolonas_pipeline.operators import MaterializeDatasetOperator
 from yolonas_pipeline.operators.drift import (
     DATASET_SOURCE_ASSET_NAME,
@@ -67,15 +67,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["yolo-nas", "drift", "monitoring"],
-    default_args={
-        "owner": "ml-platform",
-        "retries": 0,
-        # Tasks that retry wait retry_delay, then twice as long each time (True would mean a constant delay).
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_failure,
-    },
+    default_args=default_args(on_failure),
     on_failure_callback=on_failure,
     params=form_params(DriftSettings, DEFAULTS),
 ) as dag:

@@ -15,12 +15,10 @@ has its own runs (up to four at once), so a preflight starts at once, beside a t
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import DAG
 
 from yolonas_pipeline import settings
-from yolonas_pipeline.callbacks import log_failure
+from yolonas_pipeline.callbacks import default_args, log_failure
 from yolonas_pipeline.operators.run import plan_stages
 from yolonas_pipeline.run_settings import TrainingSettings, defaults_with, form_params, json_from_env
 
@@ -46,15 +44,7 @@ with DAG(
     catchup=False,
     max_active_runs=4,
     tags=["yolo-nas", "training", "preflight"],
-    default_args={
-        "owner": "ml-platform",
-        "retries": 0,
-        # Tasks that retry wait retry_delay, then twice as long each time (True would mean a constant delay).
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_failure,
-    },
+    default_args=default_args(on_failure),
     on_failure_callback=on_failure,
     # The training form without its Preflight only toggle: here it is always on.
     params={k: v for k, v in form_params(TrainingSettings, DEFAULTS).items() if k != "preflight"},

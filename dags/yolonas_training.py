@@ -31,7 +31,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Asset
 
 from yolonas_pipeline import settings
-from yolonas_pipeline.callbacks import log_failure
+from yolonas_pipeline.callbacks import default_args, log_failure
 from yolonas_pipeline.operators import PublishModelOperator
 from yolonas_pipeline.operators.drift import DRIFT_ASSET_NAME, drift_asset, schedule_from_env
 from yolonas_pipeline.operators.run import plan_stages
@@ -62,16 +62,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["yolo-nas", "training", "super-gradients"],
-    default_args={
-        "owner": "ml-platform",
-        "retries": 0,
-        # Tasks that retry wait retry_delay, then twice as long each time (True would mean a constant delay).
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        # Every failed attempt logs its FAILED line, the retried ones too.
-        "on_failure_callback": on_failure,
-        "on_retry_callback": on_failure,
-    },
+    default_args=default_args(on_failure),
     on_failure_callback=on_failure,
     params=form_params(TrainingSettings, DEFAULTS),
 ) as dag:

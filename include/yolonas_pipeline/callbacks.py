@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from yolonas_pipeline.contracts import safe_segment
@@ -69,3 +70,17 @@ def _attr(obj: Any, name: str) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+def default_args(on_failure: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+    """The pipeline DAGs' ``default_args``: no retries unless a task asks, exponential back-off when it does, and
+    ``on_failure`` on every failed attempt, the retried ones too."""
+    return {
+        "owner": "ml-platform",
+        "retries": 0,
+        # Tasks that retry wait retry_delay, then twice as long each time (True would mean a constant delay).
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": on_failure,
+        "on_retry_callback": on_failure,
+    }

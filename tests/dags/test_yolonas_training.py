@@ -10,23 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, MotoS3
+from conftest import REPO, SMALL_RUN, MotoS3
 
 DAG_ID = "yolonas_training"
 DRIFT_DAG_ID = "yolonas_drift"
 PREFLIGHT_DAG_ID = "yolonas_preflight"
 TASKS = ["settings", "materialize", "inspect_checkpoint", "preflight", "train", "evaluate", "publish"]
 DRIFT_TASKS = ["settings", "materialize", "detect_drift", "drift_gate", "emit_drift_event"]
-#: One epoch at 128 px: a model that detects nothing (mAP 0), so the gate's floor is off for it to be crowned;
-#: these tests are about the pipeline (tests/yolonas_pipeline/trainer/test_learning.py checks that training learns).
-SMALL_RUN = {
-    "epochs": 1,
-    "batch_size": 8,
-    "input_size": 128,
-    "workers": 0,
-    "mixed_precision": False,
-    "min_map_50_95": 0.0,
-}
 SCHEDULE_VARIABLES = (
     "YOLONAS_TRAINING_SCHEDULE",
     "YOLONAS_TRAINING_DEFAULTS",
